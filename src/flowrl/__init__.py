@@ -1,0 +1,88 @@
+"""flowrl: small, typed, functional JAX + Equinox components for flow-policy RL.
+
+Set the environment variable `FLOWRL_TYPECHECK=1` before the first import to check every
+array shape at run time (jaxtyping + beartype); the test suite always runs that way.
+"""
+
+import importlib.metadata
+import os
+
+if os.environ.get("FLOWRL_TYPECHECK", "0") not in ("", "0"):
+    from jaxtyping import install_import_hook as _install_import_hook
+
+    _install_import_hook("flowrl", "beartype.beartype")
+
+from . import data as data
+from ._critics import EnsembleCritic as EnsembleCritic
+from ._critics import JointCritic as JointCritic
+from ._critics import ensemble_critic as ensemble_critic
+from ._critics import ensemble_lcb as ensemble_lcb
+from ._critics import ensemble_mean as ensemble_mean
+from ._critics import ensemble_min as ensemble_min
+from ._critics import joint_critic as joint_critic
+from ._draws import flow_matching_draws as flow_matching_draws
+from ._draws import reversal_depths as reversal_depths
+from ._flows import FlowPath as FlowPath
+from ._flows import Reversal as Reversal
+from ._flows import euler_path as euler_path
+from ._flows import euler_sample as euler_sample
+from ._flows import reverse_flow as reverse_flow
+from ._losses import expectile_loss as expectile_loss
+from ._losses import flow_matching_loss as flow_matching_loss
+from ._losses import fql_distillation_loss as fql_distillation_loss
+from ._losses import freeze as freeze
+from ._losses import interpolant as interpolant
+from ._losses import one_hop_value_loss as one_hop_value_loss
+from ._networks import MLP as MLP
+from ._returns import chunk_mask as chunk_mask
+from ._returns import discounted_window_sum as discounted_window_sum
+from ._returns import lambda_returns as lambda_returns
+from ._returns import n_step_bootstrapped_returns as n_step_bootstrapped_returns
+from ._returns import rql_window_target as rql_window_target
+from ._returns import window_valid as window_valid
+from ._targets import periodic_update as periodic_update
+from ._targets import polyak_update as polyak_update
+from ._velocity import AbstractVelocityField as AbstractVelocityField
+from ._velocity import FourierTimeEmbedding as FourierTimeEmbedding
+from ._velocity import VelocityField as VelocityField
+
+try:
+    __version__ = importlib.metadata.version("flowrl-eqx")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    from ._version import __version__ as __version__
+
+__all__ = [
+    "AbstractVelocityField",
+    "EnsembleCritic",
+    "FlowPath",
+    "FourierTimeEmbedding",
+    "JointCritic",
+    "MLP",
+    "Reversal",
+    "VelocityField",
+    "chunk_mask",
+    "data",
+    "discounted_window_sum",
+    "ensemble_critic",
+    "ensemble_lcb",
+    "ensemble_mean",
+    "ensemble_min",
+    "euler_path",
+    "euler_sample",
+    "expectile_loss",
+    "flow_matching_draws",
+    "flow_matching_loss",
+    "fql_distillation_loss",
+    "freeze",
+    "interpolant",
+    "joint_critic",
+    "lambda_returns",
+    "n_step_bootstrapped_returns",
+    "one_hop_value_loss",
+    "periodic_update",
+    "polyak_update",
+    "reversal_depths",
+    "reverse_flow",
+    "rql_window_target",
+    "window_valid",
+]

@@ -1,0 +1,124 @@
+r"""Critic ensembles: the RQL joint critic `Q(s, x, t)` and plain `Q(s, a)` critics,
+and the ensemble aggregations."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray, ScalarLike
+
+from ._networks import MLP
+
+
+def _ensemble(in_size: int, hidden_sizes, num_members: int, layer_norm: bool, key) -> MLP:
+    if num_members < 1:
+        raise ValueError(f"`num_members` must be >= 1, got {num_members}")
+
+    @eqx.filter_vmap
+    def make(k):
+        return MLP(in_size, 1, hidden_sizes, layer_norm=layer_norm, key=k)
+
+    return make(jax.random.split(key, num_members))
+
+
+def _members_apply(members: MLP, inputs: Float[Array, " I"]) -> Float[Array, " K"]:
+    @eqx.filter_vmap(in_axes=(eqx.if_array(0), None))
+    def apply(member, z):
+        return member(z)[0]
+
+    return apply(members, inputs)
+
+
+class JointCritic(eqx.Module):
+    r"""An ensemble critic over complete and partial actions, $Q_k(s, x, t)$, $k = 1..K$.
+
+    At `t = 1` it is the ordinary $Q(s, a)$; at `t < 1` it values the partial action `x`
+    under the current flow. Each member is an [`flowrl.MLP`][] on `concat(s, x, t)` with
+    LayerNorm; the members' parameters are stacked along a leading axis of size `K` (built
+    with `eqx.filter_vmap` over keys, so every member has its own initialisation).
+
+    Build one with [`flowrl.joint_critic`][]. `__call__` takes ONE example and returns `(K,)`.
+    """
+
+    members: MLP
+    num_members: int = eqx.field(static=True)
+
+    def __call__(
+        self, s: Float[Array, " O"], x: Float[Array, " A"], t: ScalarLike
+    ) -> Float[Array, " K"]:
+        """**Returns:** the `K` member values at `(s, x, t)`."""
+        t = jnp.asarray(t, jnp.float32).reshape((1,))
+        return _members_apply(self.members, jnp.concatenate([s, x, t]))
+
+
+def joint_critic(
+    obs_dim: int,
+    action_dim: int,
+    *,
+    hidden_sizes: tuple[int, ...] | list[int] = (512, 512, 512, 512),
+    num_members: int = 10,
+    layer_norm: bool = True,
+    key: PRNGKeyArray,
+) -> JointCritic:
+    """Build a [`flowrl.JointCritic`][] ensemble `Q(s, x, t)`.
+
+    **Arguments:**
+
+    - `obs_dim`, `action_dim`: sizes of `s` and of the (flattened, chunked) action `x`.
+    - `hidden_sizes`: hidden widths of each member (RQL: four layers of 512).
+    - `num_members`: ensemble size `K` (RQL: 10).
+    - `layer_norm`: LayerNorm after each hidden activation (RQL: on).
+    - `key`: initialisation key; member `k` uses the `k`-th split.
+
+    **Returns:** the critic; calling it on one example gives `(K,)` values.
+    """
+    members = _ensemble(obs_dim + action_dim + 1, hidden_sizes, num_members, layer_norm, key)
+    return JointCritic(members, num_members)
+
+
+class EnsembleCritic(eqx.Module):
+    """A plain ensemble critic $Q_k(s, a)$ on `concat(s, a)` (FQL-style).
+
+    Build one with [`flowrl.ensemble_critic`][]. `__call__` takes ONE example and returns `(K,)`.
+    """
+
+    members: MLP
+    num_members: int = eqx.field(static=True)
+
+    def __call__(self, s: Float[Array, " O"], a: Float[Array, " A"]) -> Float[Array, " K"]:
+        """**Returns:** the `K` member values at `(s, a)`."""
+        return _members_apply(self.members, jnp.concatenate([s, a]))
+
+
+def ensemble_critic(
+    obs_dim: int,
+    action_dim: int,
+    *,
+    hidden_sizes: tuple[int, ...] | list[int] = (512, 512, 512, 512),
+    num_members: int = 2,
+    layer_norm: bool = True,
+    key: PRNGKeyArray,
+) -> EnsembleCritic:
+    """Build an [`flowrl.EnsembleCritic`][] `Q(s, a)` with `num_members` members.
+
+    Arguments as for [`flowrl.joint_critic`][] (FQL default: 2 members).
+    """
+    members = _ensemble(obs_dim + action_dim, hidden_sizes, num_members, layer_norm, key)
+    return EnsembleCritic(members, num_members)
+
+
+def ensemble_mean(q: Float[Array, "K *batch"]) -> Float[Array, "*batch"]:
+    """Mean over the ensemble axis (axis 0)."""
+    return jnp.mean(q, axis=0)
+
+
+def ensemble_min(q: Float[Array, "K *batch"]) -> Float[Array, "*batch"]:
+    """Minimum over the ensemble axis (axis 0)."""
+    return jnp.min(q, axis=0)
+
+
+def ensemble_lcb(q: Float[Array, "K *batch"], rho: ScalarLike) -> Float[Array, "*batch"]:
+    r"""Pessimistic aggregation $\operatorname{mean}_k Q_k - \rho \operatorname{std}_k Q_k$
+    with the POPULATION standard deviation (divide by `K`), as in RQL's target."""
+    return jnp.mean(q, axis=0) - rho * jnp.std(q, axis=0)

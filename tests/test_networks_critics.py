@@ -1,0 +1,78 @@
+"""MLP, velocity fields, joint critic ensembles and aggregations."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flowrl
+
+
+def test_mlp_init_and_layer_norm():
+    mlp = flowrl.MLP(5, 3, (64, 64), layer_norm=True, key=jax.random.key(0))
+    assert [lin.weight.shape for lin in mlp.layers] == [(64, 5), (64, 64), (3, 64)]
+    assert all(float(jnp.max(jnp.abs(lin.bias))) == 0.0 for lin in mlp.layers)
+    limit = np.sqrt(6 / (64 + 64))
+    w = np.asarray(mlp.layers[1].weight)
+    assert w.max() <= limit and w.min() >= -limit and w.std() > 0.5 * limit / np.sqrt(3)
+    small = flowrl.MLP(5, 3, (64,), final_init_scale=1e-3, key=jax.random.key(0))
+    assert float(jnp.max(jnp.abs(small.layers[-1].weight))) <= 1e-3 * np.sqrt(6 / 67)
+    # Hidden features after LayerNorm (scale 1, bias 0) have zero mean and unit variance.
+    x = jax.random.normal(jax.random.key(1), (5,))
+    h = jax.nn.gelu(mlp.layers[0](x))
+    z = mlp.norms[0](h)
+    np.testing.assert_allclose([z.mean(), z.var()], [0.0, 1.0], atol=1e-3)
+    assert mlp(x).shape == (3,)
+
+
+def test_velocity_field_time_embedding():
+    v = flowrl.VelocityField(4, 2, (8,), key=jax.random.key(0))
+    assert v.net.in_size == 4 + 2 + 1
+    vf = flowrl.VelocityField(4, 2, (8,), time_frequencies=3, key=jax.random.key(0))
+    assert vf.net.in_size == 4 + 2 + 7
+    assert vf(jnp.zeros(4), jnp.zeros(2), 0.5).shape == (2,)
+    emb = flowrl.FourierTimeEmbedding(2)(0.25)
+    np.testing.assert_allclose(emb, [0.25, 1.0, 0.0, 0.0, -1.0], atol=1e-6)
+
+
+def test_joint_critic_members_independent_and_shapes():
+    critic = flowrl.joint_critic(3, 2, hidden_sizes=(16, 16), num_members=4, key=jax.random.key(0))
+    w = critic.members.layers[0].weight
+    assert w.shape == (4, 16, 6)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not np.allclose(w[i], w[j])
+    q = critic(jnp.ones(3), jnp.zeros(2), 0.5)
+    assert q.shape == (4,)
+    assert len(set(np.round(np.asarray(q), 6))) == 4
+    # Each member equals an MLP evaluated alone on concat(s, x, t).
+    member1 = jax.tree.map(lambda x: x[1] if eqx.is_array(x) else x, critic.members)
+    np.testing.assert_allclose(
+        q[1], member1(jnp.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.5]))[0], rtol=1e-6
+    )
+    qs = jax.vmap(critic)(jnp.ones((5, 3)), jnp.zeros((5, 2)), jnp.full(5, 0.5))
+    assert qs.shape == (5, 4)
+    plain = flowrl.ensemble_critic(3, 2, hidden_sizes=(8,), key=jax.random.key(1))
+    assert plain(jnp.ones(3), jnp.zeros(2)).shape == (2,)
+
+
+def test_aggregations_hand_computed():
+    q = jnp.array([[1.0, -2.0], [3.0, 0.0], [5.0, 2.0]])  # K = 3 members, 2 examples
+    np.testing.assert_allclose(flowrl.ensemble_mean(q), [3.0, 0.0])
+    np.testing.assert_allclose(flowrl.ensemble_min(q), [1.0, -2.0])
+    # population std of (1, 3, 5) = sqrt(8/3); of (-2, 0, 2) = sqrt(8/3)
+    sd = np.sqrt(8 / 3)
+    np.testing.assert_allclose(flowrl.ensemble_lcb(q, 0.5), [3.0 - 0.5 * sd, -0.5 * sd], rtol=1e-6)
+
+
+def test_wrong_shape_is_a_clear_error():
+    critic = flowrl.joint_critic(3, 2, hidden_sizes=(8,), num_members=2, key=jax.random.key(0))
+    with pytest.raises(Exception, match="(?i)type-check|shape|dimension"):
+        flowrl.ensemble_lcb(jnp.ones(()), 0.5)
+    v = flowrl.VelocityField(3, 2, (8,), key=jax.random.key(0))
+    with pytest.raises(Exception, match="(?i)type-check|shape|dimension"):
+        flowrl.euler_sample(v, jnp.ones((4, 3)), jnp.zeros((4, 2)))  # forgot vmap
+    with pytest.raises(Exception, match="(?i)type-check|shape|dimension"):
+        flowrl.interpolant(jnp.zeros(2), jnp.zeros(3), 0.5)
+    del critic
