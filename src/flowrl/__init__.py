@@ -22,6 +22,19 @@ from ._critics import ensemble_min as ensemble_min
 from ._critics import joint_critic as joint_critic
 from ._draws import flow_matching_draws as flow_matching_draws
 from ._draws import reversal_depths as reversal_depths
+from ._evaluation import EvalResult as EvalResult
+from ._evaluation import evaluate as evaluate
+from ._experiment import CheckpointError as CheckpointError
+from ._experiment import CSVLogger as CSVLogger
+from ._experiment import ExtraWriters as ExtraWriters
+from ._experiment import NonFiniteLossError as NonFiniteLossError
+from ._experiment import check_finite as check_finite
+from ._experiment import load_checkpoint as load_checkpoint
+from ._experiment import plot_learning_curve as plot_learning_curve
+from ._experiment import progress as progress
+from ._experiment import save_checkpoint as save_checkpoint
+from ._experiment import save_video as save_video
+from ._experiment import scan_block as scan_block
 from ._flows import FlowPath as FlowPath
 from ._flows import Reversal as Reversal
 from ._flows import euler_path as euler_path
@@ -53,6 +66,19 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree
 
 __all__ = [
     "AbstractVelocityField",
+    "CSVLogger",
+    "CheckpointError",
+    "EvalResult",
+    "ExtraWriters",
+    "NonFiniteLossError",
+    "check_finite",
+    "evaluate",
+    "load_checkpoint",
+    "plot_learning_curve",
+    "progress",
+    "save_checkpoint",
+    "save_video",
+    "scan_block",
     "EnsembleCritic",
     "FlowPath",
     "FourierTimeEmbedding",

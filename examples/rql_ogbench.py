@@ -1,0 +1,479 @@
+"""Reversal Q-Learning (Oberai, Park, Levine 2026) on OGBench, composed from flowrl's parts.
+
+Read top to bottom: config and presets, learner state, the losses (random draws as inputs),
+one update, a scan-fused training block, acting, and the training loop.
+
+    python examples/rql_ogbench.py                       # CPU default: cube-single task2
+    python examples/rql_ogbench.py --env-name scene-play-singletask-task2-v0 --size paper
+    python examples/rql_ogbench.py --resume runs/<run>   # continue a run
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+import flowrl
+from flowrl.data import Dataset, Windows, sample_windows
+
+# ----------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------
+
+# Paper Table 3 / the authors' hyperparameters.sh, keyed by environment family.
+# (alpha, kappa, rho, horizon h, discount, sparse reward)
+ENV_PRESETS: dict[str, tuple[float, float, float, int, float, bool]] = {
+    "scene-play": (3.0, 0.7, 0.5, 5, 0.99, True),
+    "puzzle-3x3-play": (1.0, 0.7, 0.5, 5, 0.99, True),
+    "puzzle-4x4-play": (1.0, 0.9, 0.5, 5, 0.99, True),
+    "cube-double-play": (10.0, 0.9, 0.5, 5, 0.99, False),
+    "cube-triple-play": (1.0, 0.9, 0.5, 5, 0.99, False),
+    "cube-quadruple-play": (1.0, 0.7, 0.5, 5, 0.99, False),
+    "antmaze-large-navigate": (0.1, 0.5, 0.5, 1, 0.99, False),
+    "antmaze-giant-navigate": (0.1, 0.5, 0.5, 1, 0.995, False),
+    "humanoidmaze-medium-navigate": (0.3, 0.5, 0.0, 1, 0.995, False),
+    "humanoidmaze-large-navigate": (0.3, 0.5, 0.0, 1, 0.995, False),
+    # Not in the paper: the CPU default, calibrated on the authors' code (RQL.md).
+    "cube-single-play": (10.0, 0.9, 0.5, 5, 0.99, False),
+    "pointmaze-medium-navigate": (0.3, 0.5, 0.5, 1, 0.99, False),
+}
+
+# Network / budget sizes. "paper": the published runs; "cpu": minutes on a 2-core machine.
+SIZES = {
+    "paper": dict(hidden=(512, 512, 512, 512), num_critics=10, batch_size=256, steps=1_000_000,
+                  eval_every=100_000, eval_episodes=50, rebuild_episodes=1000),
+    "cpu": dict(hidden=(256, 256), num_critics=2, batch_size=256, steps=40_000,
+                eval_every=10_000, eval_episodes=20, rebuild_episodes=100),
+}
+
+
+@dataclasses.dataclass
+class Config:
+    """RQL on an OGBench singletask environment. Unset (None) fields come from the presets."""
+
+    env_name: str = "cube-single-play-singletask-task2-v0"
+    """OGBench singletask dataset name; picks alpha, kappa, rho, h, discount and reward."""
+    size: Literal["cpu", "paper"] = "cpu"
+    """'paper': 4x512 MLPs, K=10, 1M steps, eval every 100k with 50 episodes; 'cpu': small."""
+    seed: int = 0
+    """Seed of everything: initialisation, batches, draws and evaluation episodes."""
+    steps: int | None = None
+    """Total gradient steps (preset)."""
+    batch_size: int | None = None
+    """Windows per gradient step (preset)."""
+    hidden: tuple[int, ...] | None = None
+    """Hidden widths of the velocity field and of each critic member (preset)."""
+    num_critics: int | None = None
+    """Critic ensemble size K (preset)."""
+    alpha: float | None = None
+    """Weight of the flow-matching (BC) loss (environment preset)."""
+    kappa: float | None = None
+    """Expectile of the critic regression (environment preset)."""
+    rho: float | None = None
+    """Pessimism of the target: mean - rho * std over the target ensemble (preset)."""
+    horizon: int | None = None
+    """Action-chunk length h (5 manipulation, 1 mazes)."""
+    discount: float | None = None
+    """Discount gamma per environment step."""
+    sparse_reward: bool | None = None
+    """Map every nonzero reward to -1 (scene, puzzle)."""
+    flow_steps: int = 10
+    """Euler steps F of the policy flow (and of the reversal)."""
+    lr: float = 3e-4
+    """Adam learning rate (one optimiser over actor and critic)."""
+    tau: float = 0.005
+    """Polyak rate of the target critic."""
+    ema: float = 0.999
+    """Decay of the EMA velocity field used to act."""
+    value_at: Literal["interpolant", "reversed"] = "interpolant"
+    """Where the actor's one-hop value term is taken: authors' code (interpolant) or paper."""
+    reversal: Literal["euler", "exact"] = "euler"
+    """Reversal scheme: authors' backward Euler, or the exact inverse of forward Euler."""
+    bootstrap: Literal["next", "clamped"] = "next"
+    """Bootstrap state of windows ending a trajectory: true final state, or authors' clamp."""
+    mask_gate: Literal["last", "all"] = "last"
+    """Which masks gate the bootstrap: authors' last mask only, or any success in the window."""
+    block: int = 1000
+    """Gradient steps fused into one jitted lax.scan call (log interval)."""
+    eval_every: int | None = None
+    """Evaluate (and checkpoint) every this many steps; also at step 0 (preset)."""
+    eval_episodes: int | None = None
+    """Evaluation episodes (preset)."""
+    dataset_dir: str | None = None
+    """OGBench data directory (default $FLOWRL_OGBENCH_DIR or ~/.ogbench/data)."""
+    rebuild_episodes: int | None = None
+    """If the dataset is missing and can be rebuilt offline, rebuild this many episodes."""
+    rebuild_workers: int = 2
+    """Processes for the offline rebuild."""
+    run_dir: str | None = None
+    """Run directory (default runs/<env>-<seed>-<time>)."""
+    resume: str | None = None
+    """Continue the run in this directory from its last checkpoint."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files (needs tensorboardX)."""
+    track: bool = False
+    """Log to Weights & Biases (needs wandb and a login); off by default."""
+    video_episodes: int = 0
+    """Render this many evaluation episodes to MP4 at each evaluation (MUJOCO_GL=egl)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+# Fields a resumed run may change without breaking bitwise reproducibility.
+RESUMABLE = ("steps", "run_dir", "resume", "tensorboard", "track", "video_episodes", "progress")
+
+
+class Hyper(NamedTuple):
+    """The static numbers the update needs (hashable, so jit can close over them)."""
+
+    alpha: float
+    kappa: float
+    rho: float
+    horizon: int
+    discount: float
+    flow_steps: int
+    batch_size: int
+    tau: float
+    ema: float
+    value_at: str
+    reversal: str
+    bootstrap: str
+    mask_gate: str
+
+
+def env_family(env_name: str) -> str:
+    for family in sorted(ENV_PRESETS, key=len, reverse=True):
+        if env_name.startswith(family):
+            return family
+    raise ValueError(
+        f"--env-name {env_name!r}: no preset for this environment; known families: "
+        f"{sorted(ENV_PRESETS)}. Pass --alpha --kappa --rho --horizon --discount "
+        "--sparse-reward explicitly to run it anyway."
+    )
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill every None field from the environment and size presets."""
+    fill = dict(SIZES[cfg.size])
+    env_fields = ("alpha", "kappa", "rho", "horizon", "discount", "sparse_reward")
+    if any(getattr(cfg, f) is None for f in env_fields):
+        fill.update(zip(env_fields, ENV_PRESETS[env_family(cfg.env_name)], strict=True))
+    cfg = dataclasses.replace(
+        cfg, **{k: v for k, v in fill.items() if getattr(cfg, k) is None}
+    )
+    cfg = dataclasses.replace(cfg, hidden=tuple(cfg.hidden))
+    if cfg.eval_every % cfg.block or cfg.steps % cfg.block:
+        raise ValueError(
+            f"--steps ({cfg.steps}) and --eval-every ({cfg.eval_every}) must be multiples of "
+            f"--block ({cfg.block})"
+        )
+    return cfg
+
+
+def hyper(cfg: Config) -> Hyper:
+    return Hyper(cfg.alpha, cfg.kappa, cfg.rho, cfg.horizon, cfg.discount, cfg.flow_steps,
+                 cfg.batch_size, cfg.tau, cfg.ema, cfg.value_at, cfg.reversal, cfg.bootstrap,
+                 cfg.mask_gate)
+
+
+# ----------------------------------------------------------------------------------------
+# Learner state
+# ----------------------------------------------------------------------------------------
+
+
+class RQLState(eqx.Module):
+    """Everything that changes during training; a pytree of arrays (vmap-able over seeds)."""
+
+    actor: flowrl.VelocityField  # online velocity field v(s, x, t)
+    actor_ema: flowrl.VelocityField  # EMA copy: the evaluation policy
+    critic: flowrl.JointCritic  # Q_k(s, x, t), k = 1..K
+    critic_target: flowrl.JointCritic  # Polyak copy for the targets
+    opt_state: optax.OptState  # one Adam over (actor, critic)
+    key: PRNGKeyArray
+    step: Int[Array, ""]
+
+
+def make_optimizer(cfg: Config) -> optax.GradientTransformation:
+    return optax.adam(cfg.lr)
+
+
+def init_state(cfg: Config, obs_dim: int, action_dim: int, key: PRNGKeyArray) -> RQLState:
+    """`action_dim` is the flat chunk size h * |A|."""
+    k_actor, k_critic, k_run = jax.random.split(key, 3)
+    actor = flowrl.VelocityField(obs_dim, action_dim, cfg.hidden, key=k_actor)
+    critic = flowrl.joint_critic(
+        obs_dim, action_dim, hidden_sizes=cfg.hidden, num_members=cfg.num_critics, key=k_critic
+    )
+    params = eqx.filter((actor, critic), eqx.is_inexact_array)
+    return RQLState(actor, actor, critic, critic, make_optimizer(cfg).init(params), k_run,
+                    jnp.zeros((), jnp.int32))
+
+
+# ----------------------------------------------------------------------------------------
+# Losses. The random draws are inputs, so a test can feed the authors' draws.
+# ----------------------------------------------------------------------------------------
+
+
+class Draws(NamedTuple):
+    next_noise: Float[Array, "B A"]  # noise at which the target critic values s_h
+    depth: Float[Array, " B"]  # reversal depths
+    x0: Float[Array, "B A"]  # flow-matching noise
+    t: Float[Array, " B"]  # flow-matching times
+
+
+def draw(key: PRNGKeyArray, batch_size: int, action_dim: int, flow_steps: int) -> Draws:
+    k_noise, k_depth, k_fm = jax.random.split(key, 3)
+    x0, t = flowrl.flow_matching_draws(k_fm, batch_size, action_dim)
+    return Draws(
+        jax.random.normal(k_noise, (batch_size, action_dim)),
+        flowrl.reversal_depths(k_depth, batch_size, flow_steps),
+        x0,
+        t,
+    )
+
+
+def rql_loss(models, critic_target, batch: Windows, draws: Draws, hp: Hyper):
+    """Total loss = one-hop value term + alpha * flow matching + critic expectile loss."""
+    actor, critic = models
+    B, h, A_env = batch.actions.shape
+    a = batch.actions.reshape(B, h * A_env)  # the chunk a_0..a_{h-1}, flattened
+    s0, s_h = batch.observations[:, 0], batch.observations[:, -1]
+
+    # Critic: every reversed point regresses onto the same environment-level target.
+    next_q = jax.vmap(critic_target)(s_h, draws.next_noise, jnp.zeros(B))  # (B, K)
+    v_boot = flowrl.ensemble_lcb(next_q.T, hp.rho)
+    target = jax.vmap(
+        lambda r, term, m, v: flowrl.rql_window_target(
+            r, term, m, v, hp.discount, mask_gate=hp.mask_gate
+        )
+    )(batch.rewards, batch.terminals, batch.masks, v_boot)
+    target = jax.lax.stop_gradient(target)
+    rev = jax.vmap(
+        lambda s, x, d: flowrl.reverse_flow(actor, s, x, d, steps=hp.flow_steps, method=hp.reversal)
+    )(s0, a, draws.depth)
+    q = jax.vmap(critic)(s0, rev.x, rev.t)  # (B, K)
+    targets = jnp.broadcast_to(target[:, None], q.shape)
+    critic_loss = jnp.mean(batch.valid[:, None] * flowrl.expectile_loss(targets, q, hp.kappa))
+
+    # Actor: flow matching on the interpolant, plus the one-hop value term (critic frozen).
+    x_t = jax.vmap(flowrl.interpolant)(draws.x0, a, draws.t)
+    u = jax.vmap(actor)(s0, x_t, draws.t)
+    chunk_mask = jnp.repeat(batch.action_mask, A_env, axis=1)
+    bc_loss = jnp.mean(jax.vmap(flowrl.flow_matching_loss)(u, draws.x0, a, chunk_mask))
+    if hp.value_at == "interpolant":
+        x_v, t_v, u_v = x_t, draws.t, u
+    else:  # the paper's reading: take the value step from the reversed points
+        x_v, t_v = rev.x, rev.t
+        u_v = jax.vmap(actor)(s0, x_v, t_v)
+    value = jax.vmap(
+        lambda s, x, t, v: flowrl.one_hop_value_loss(critic, s, x, t, v, steps=hp.flow_steps)
+    )(s0, x_v, t_v, u_v)
+    actor_loss = jnp.mean(batch.valid * value)
+
+    total = actor_loss + hp.alpha * bc_loss + critic_loss
+    metrics = dict(total_loss=total, critic_loss=critic_loss, actor_loss=actor_loss,
+                   bc_loss=bc_loss, q_mean=jnp.mean(q), target_mean=jnp.mean(target))
+    return total, metrics
+
+
+def update(state: RQLState, batch: Windows, draws: Draws, hp: Hyper, opt):
+    """One gradient step on (actor, critic); targets move towards the PRE-step weights."""
+    models = (state.actor, state.critic)
+    grads, metrics = eqx.filter_grad(rql_loss, has_aux=True)(
+        models, state.critic_target, batch, draws, hp
+    )
+    params = eqx.filter(models, eqx.is_inexact_array)
+    updates, opt_state = opt.update(grads, state.opt_state, params)
+    actor, critic = eqx.apply_updates(models, updates)
+    return RQLState(
+        actor=actor,
+        actor_ema=flowrl.polyak_update(state.actor, state.actor_ema, 1.0 - hp.ema),
+        critic=critic,
+        critic_target=flowrl.polyak_update(state.critic, state.critic_target, hp.tau),
+        opt_state=opt_state,
+        key=state.key,
+        step=state.step + 1,
+    ), metrics
+
+
+def train_step(state: RQLState, dataset: Dataset, hp: Hyper, opt):
+    """Sample a batch and the draws on device, then update."""
+    key, k_batch, k_draw = jax.random.split(state.key, 3)
+    batch = sample_windows(dataset, k_batch, hp.batch_size, hp.horizon, bootstrap=hp.bootstrap)
+    draws = draw(k_draw, hp.batch_size, hp.horizon * dataset.action_dim, hp.flow_steps)
+    return update(eqx.tree_at(lambda s: s.key, state, key), batch, draws, hp, opt)
+
+
+def make_block(hp: Hyper, opt, num_steps: int):
+    """One jitted call = `num_steps` updates in a lax.scan; the state buffers are donated."""
+
+    @eqx.filter_jit(donate="all-except-first")
+    def block(dataset: Dataset, state: RQLState):
+        return flowrl.scan_block(lambda s: train_step(s, dataset, hp, opt), state, num_steps)
+
+    return block
+
+
+def make_validation(hp: Hyper):
+    """Losses on a batch of the validation split, without updating."""
+
+    @eqx.filter_jit
+    def validate(dataset: Dataset, state: RQLState, key: PRNGKeyArray):
+        k_batch, k_draw = jax.random.split(key)
+        batch = sample_windows(dataset, k_batch, hp.batch_size, hp.horizon, bootstrap=hp.bootstrap)
+        draws = draw(k_draw, hp.batch_size, hp.horizon * dataset.action_dim, hp.flow_steps)
+        return rql_loss((state.actor, state.critic), state.critic_target, batch, draws, hp)[1]
+
+    return validate
+
+
+# ----------------------------------------------------------------------------------------
+# Acting: the EMA field, F Euler steps from noise, clip, a chunk of h actions.
+# ----------------------------------------------------------------------------------------
+
+
+def make_policy(hp: Hyper, action_dim: int):
+    @eqx.filter_jit
+    def act(actor: flowrl.VelocityField, obs, key):
+        noise = jax.random.normal(key, (hp.horizon * action_dim,))
+        chunk = flowrl.euler_sample(actor, obs, noise, steps=hp.flow_steps)
+        return chunk.reshape(hp.horizon, action_dim)
+
+    return act
+
+
+def run_evaluation(cfg: Config, env, state: RQLState, act, step: int, run_dir: Path):
+    key = jax.random.fold_in(jax.random.key(cfg.seed + 1), step)
+    result = flowrl.evaluate(
+        env,
+        lambda obs, i: act(state.actor_ema, jnp.asarray(obs), jax.random.fold_in(key, i)),
+        cfg.eval_episodes,
+        seed=10_000 * cfg.seed + step // max(cfg.block, 1),
+        render_episodes=cfg.video_episodes,
+    )
+    if result.frames:
+        flowrl.save_video(result.frames, run_dir / "videos" / f"eval_{step:08d}.mp4")
+    return result
+
+
+# ----------------------------------------------------------------------------------------
+# The training loop
+# ----------------------------------------------------------------------------------------
+
+
+def load_data(cfg: Config):
+    """Load the dataset; if it is missing and can be rebuilt offline, rebuild it first."""
+    from flowrl.data import load_ogbench, parse_ogbench_name, rebuild_dataset
+
+    try:
+        return load_ogbench(cfg.env_name, dataset_dir=cfg.dataset_dir,
+                            sparse_reward=cfg.sparse_reward)
+    except FileNotFoundError as e:
+        parsed = parse_ogbench_name(cfg.env_name)
+        if not parsed.rebuildable:
+            raise
+        print(f"{e}\n\nRebuilding {cfg.rebuild_episodes} episodes locally instead (results on "
+              "rebuilt data are labelled as such) ...", flush=True)
+        rebuild_dataset(parsed.dataset, episodes=cfg.rebuild_episodes,
+                        workers=cfg.rebuild_workers, dataset_dir=cfg.dataset_dir, seed=0,
+                        progress=cfg.progress)
+        return load_ogbench(cfg.env_name, dataset_dir=cfg.dataset_dir,
+                            sparse_reward=cfg.sparse_reward)
+
+
+def train(cfg: Config) -> Path:
+    if cfg.resume:
+        saved = json.loads((Path(cfg.resume) / "config.json").read_text())
+        cfg = dataclasses.replace(Config(**{**saved, "hidden": tuple(saved["hidden"])}),
+                                  **{k: getattr(cfg, k) for k in RESUMABLE if k != "steps"})
+        cfg = dataclasses.replace(cfg, steps=cfg.steps, resume=cfg.resume)
+    cfg = resolve(cfg)
+    run_dir = Path(cfg.resume or cfg.run_dir or
+                   f"runs/{cfg.env_name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.asdict(cfg)
+
+    data = load_data(cfg)
+    env, hp, opt = data.env, hyper(cfg), make_optimizer(cfg)
+    act_dim = data.train.action_dim
+    state = init_state(cfg, data.train.obs_dim, cfg.horizon * act_dim, jax.random.key(cfg.seed))
+    logger = flowrl.CSVLogger(run_dir)
+    start = 0
+    if cfg.resume:
+        state, start = flowrl.load_checkpoint(run_dir / "checkpoint", state, config,
+                                              may_differ=RESUMABLE)
+        logger.truncate_after(start)
+        print(f"Resumed {run_dir} at step {start}")
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    (run_dir / "data.json").write_text(json.dumps(
+        {"name": data.name, "dataset_dir": str(data.dataset_dir), "rebuilt": data.rebuilt,
+         "rebuild_record": data.metadata}, indent=2, default=str))
+    writers = flowrl.ExtraWriters(run_dir, config, tensorboard=cfg.tensorboard, track=cfg.track)
+
+    block = make_block(hp, opt, cfg.block)
+    validate = make_validation(hp)
+    act = make_policy(hp, act_dim)
+    stop = {"now": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    bar = flowrl.progress(cfg.steps, start, enabled=cfg.progress)
+
+    def evaluate_and_save(step):
+        result = run_evaluation(cfg, env, state, act, step, run_dir)
+        logger.log("eval", step, result.as_dict())
+        writers.log("eval", step, result.as_dict())
+        flowrl.save_checkpoint(run_dir / "checkpoint", state, config, step)
+        return result
+
+    last_eval = evaluate_and_save(0) if start == 0 else None
+    step, compile_s = start, None
+    while step < cfg.steps and not stop["now"]:
+        t0 = time.perf_counter()
+        new_state, metrics = block(data.train, state)
+        metrics = jax.device_get(metrics)
+        flowrl.check_finite(metrics, step + 1)  # the last good checkpoint stays on disk
+        state, step = new_state, step + cfg.block
+        elapsed = time.perf_counter() - t0
+        compile_s = elapsed if compile_s is None else compile_s
+        train_row = {k: float(np.mean(v)) for k, v in metrics.items()}
+        train_row["steps_per_s"] = cfg.block / elapsed
+        val_row = {k: float(v) for k, v in jax.device_get(
+            validate(data.val, state, jax.random.fold_in(jax.random.key(cfg.seed + 2), step))
+        ).items()}
+        logger.log("train", step, train_row)
+        logger.log("val", step, val_row)
+        writers.log("train", step, train_row)
+        writers.log("val", step, val_row)
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            last_eval = evaluate_and_save(step)
+        bar.update(cfg.block, steps_per_s=train_row["steps_per_s"],
+                   critic=train_row["critic_loss"], bc=train_row["bc_loss"],
+                   success=None if last_eval is None else last_eval.success)
+    bar.close()
+    if stop["now"]:
+        flowrl.save_checkpoint(run_dir / "checkpoint", state, config, step)
+        print(f"Interrupted: saved step {step} to {run_dir / 'checkpoint'}; "
+              f"continue with --resume {run_dir}")
+    writers.close()
+    flowrl.plot_learning_curve(logger, run_dir / "learning_curve.png",
+                               title=f"RQL {cfg.env_name} seed {cfg.seed} "
+                                     f"({'rebuilt' if data.rebuilt else 'official'} data)")
+    print(f"compile + first block {compile_s:.1f}s; run directory {run_dir}")
+    return run_dir
+
+
+if __name__ == "__main__":
+    import tyro
+
+    sys.exit(0 if train(tyro.cli(Config)) else 1)
