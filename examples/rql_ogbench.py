@@ -217,8 +217,9 @@ def init_state(cfg: Config, obs_dim: int, action_dim: int, key: PRNGKeyArray) ->
         obs_dim, action_dim, hidden_sizes=cfg.hidden, num_members=cfg.num_critics, key=k_critic
     )
     params = eqx.filter((actor, critic), eqx.is_inexact_array)
-    return RQLState(actor, actor, critic, critic, make_optimizer(cfg).init(params), k_run,
-                    jnp.zeros((), jnp.int32))
+    copy = lambda tree: jax.tree.map(lambda x: jnp.array(x, copy=True), tree)  # own buffers
+    return RQLState(actor, copy(actor), critic, copy(critic), make_optimizer(cfg).init(params),
+                    k_run, jnp.zeros((), jnp.int32))
 
 
 # ----------------------------------------------------------------------------------------
