@@ -15,6 +15,7 @@ import json
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -27,6 +28,8 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 import flowrl
 from flowrl.data import Dataset, Windows, sample_windows
+
+warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
 
 # ----------------------------------------------------------------------------------------
 # Configuration
@@ -395,11 +398,12 @@ def load_data(cfg: Config):
 
 
 def train(cfg: Config) -> Path:
-    if cfg.resume:
+    if cfg.resume:  # the saved config, except the run-control fields given now
+        given = cfg
         saved = json.loads((Path(cfg.resume) / "config.json").read_text())
-        cfg = dataclasses.replace(Config(**{**saved, "hidden": tuple(saved["hidden"])}),
-                                  **{k: getattr(cfg, k) for k in RESUMABLE if k != "steps"})
-        cfg = dataclasses.replace(cfg, steps=cfg.steps, resume=cfg.resume)
+        cfg = Config(**{**saved, "hidden": tuple(saved["hidden"])})
+        cfg = dataclasses.replace(cfg, **{k: getattr(given, k) for k in RESUMABLE
+                                          if getattr(given, k) is not None})
     cfg = resolve(cfg)
     run_dir = Path(cfg.resume or cfg.run_dir or
                    f"runs/{cfg.env_name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -426,8 +430,8 @@ def train(cfg: Config) -> Path:
     block = make_block(hp, opt, cfg.block)
     validate = make_validation(hp)
     act = make_policy(hp, act_dim)
-    stop = {"now": False}
-    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    stop = {"now": False}  # Ctrl-C finishes the current block, saves, then exits
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     bar = flowrl.progress(cfg.steps, start, enabled=cfg.progress)
 
     def evaluate_and_save(step):
@@ -462,6 +466,7 @@ def train(cfg: Config) -> Path:
                    critic=train_row["critic_loss"], bc=train_row["bc_loss"],
                    success=None if last_eval is None else last_eval.success)
     bar.close()
+    signal.signal(signal.SIGINT, previous_handler)
     if stop["now"]:
         flowrl.save_checkpoint(run_dir / "checkpoint", state, config, step)
         print(f"Interrupted: saved step {step} to {run_dir / 'checkpoint'}; "

@@ -125,6 +125,23 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or from an incompatible configuration."""
 
 
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _serialise(f, x):
+    if _is_key(x):  # typed PRNG keys: store the raw key data
+        np.save(f, np.asarray(jax.random.key_data(x)), allow_pickle=False)
+    else:
+        eqx.default_serialise_filter_spec(f, x)
+
+
+def _deserialise(f, x):
+    if _is_key(x):
+        return jax.random.wrap_key_data(np.load(f, allow_pickle=False), impl=jax.random.key_impl(x))
+    return eqx.default_deserialise_filter_spec(f, x)
+
+
 _CKPT = "checkpoint.eqx"
 _META = "checkpoint.json"
 
@@ -142,7 +159,7 @@ def save_checkpoint(
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / (_CKPT + ".tmp")
-    eqx.tree_serialise_leaves(tmp, state)
+    eqx.tree_serialise_leaves(tmp, state, filter_spec=_serialise)
     meta_tmp = d / (_META + ".tmp")
     meta_tmp.write_text(json.dumps({"step": int(step), "config": dict(config)}, indent=2))
     os.replace(tmp, d / _CKPT)
@@ -176,6 +193,7 @@ def load_checkpoint(
         raise CheckpointError(f"no checkpoint in {d} (expected {_CKPT} and {_META})")
     meta = json.loads((d / _META).read_text())
     saved = meta["config"]
+    config = json.loads(json.dumps(dict(config)))  # compare as saved: tuples become lists
     diff = {
         k: (saved.get(k), config.get(k))
         for k in sorted(set(saved) | set(config))
@@ -185,7 +203,7 @@ def load_checkpoint(
         lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise CheckpointError(f"checkpoint in {d} comes from an incompatible config ({lines})")
     try:
-        state = eqx.tree_deserialise_leaves(d / _CKPT, like)
+        state = eqx.tree_deserialise_leaves(d / _CKPT, like, filter_spec=_deserialise)
     except Exception as e:  # noqa: BLE001 - report which file failed
         raise CheckpointError(f"cannot read {d / _CKPT}: {e}") from e
     return state, int(meta["step"])

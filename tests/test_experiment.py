@@ -1,0 +1,98 @@
+"""Training-loop pieces: scan blocks, the divergence guard, CSV logs, checkpoints, evaluation."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flowrl
+
+
+def test_scan_block_equals_a_python_loop_and_traces_once():
+    def step(state):
+        x, key = state
+        key, sub = jax.random.split(key)
+        x = 0.5 * x + jax.random.normal(sub)
+        return (x, key), {"x": x}
+
+    @eqx.filter_jit
+    @eqx.debug.assert_max_traces(max_traces=1)
+    def block(state):
+        return flowrl.scan_block(step, state, 4)
+
+    state = (jnp.zeros(()), jax.random.key(0))
+    (x1, k1), m1 = block(state)
+    (x2, _), m2 = block((x1, k1))  # second call: same shapes, no retrace
+    ref, xs = state, []
+    for _ in range(8):
+        ref, m = step(ref)
+        xs.append(float(m["x"]))
+    np.testing.assert_allclose(np.concatenate([m1["x"], m2["x"]]), xs, rtol=1e-6)
+
+
+def test_check_finite_names_step_and_loss():
+    flowrl.check_finite({"a": np.ones(3), "b": np.zeros((3, 2))}, 101)
+    with pytest.raises(flowrl.NonFiniteLossError, match="'critic_loss'.*at step 102"):
+        flowrl.check_finite({"bc": np.ones(3), "critic_loss": np.array([1.0, np.nan, np.inf])}, 101)
+
+
+def test_csv_logger_append_reopen_and_truncate(tmp_path):
+    log = flowrl.CSVLogger(tmp_path)
+    for step in (100, 200, 300):
+        log.log("train", step, {"loss": step / 100})
+    log.log("eval", 300, {"success": 0.5})
+    again = flowrl.CSVLogger(tmp_path)  # a resumed run reopens the files
+    again.truncate_after(200)
+    again.log("train", 300, {"loss": 9.0})
+    rows = again.read("train")
+    assert [(r["step"], r["loss"]) for r in rows] == [(100, 1.0), (200, 2.0), (300, 9.0)]
+    assert again.read("eval") == []
+    with pytest.raises(ValueError, match="not among its columns"):
+        again.log("train", 400, {"other": 1.0})
+
+
+def test_checkpoint_round_trip_with_keys_and_atomic_files(tmp_path):
+    state = {"w": jnp.arange(3.0), "key": jax.random.key(3), "step": jnp.array(7)}
+    flowrl.save_checkpoint(tmp_path, state, {"a": (1, 2)}, 7)
+    like = {"w": jnp.zeros(3), "key": jax.random.key(0), "step": jnp.array(0)}
+    got, step = flowrl.load_checkpoint(tmp_path, like, {"a": (1, 2)})
+    assert step == 7
+    np.testing.assert_array_equal(got["w"], state["w"])
+    np.testing.assert_array_equal(jax.random.key_data(got["key"]), jax.random.key_data(state["key"]))
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(flowrl.CheckpointError, match="a: saved"):
+        flowrl.load_checkpoint(tmp_path, like, {"a": (1, 3)})
+    with pytest.raises(flowrl.CheckpointError, match="no checkpoint"):
+        flowrl.load_checkpoint(tmp_path / "nothing", like, {})
+
+
+class CountdownEnv:
+    """Episodes of 5 steps; success when the summed actions exceed 2."""
+
+    def reset(self, seed=None):
+        self.t, self.total = 0, 0.0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        self.total += float(np.sum(action))
+        done = self.t == 5
+        return np.zeros(2, np.float32), 1.0, False, done, {"success": self.total > 2}
+
+    def render(self):
+        return np.zeros((4, 4, 3), np.uint8)
+
+
+def test_evaluate_runs_chunks_open_loop():
+    calls = []
+
+    def policy(obs, i):
+        calls.append(i)
+        return np.full((2, 1), 0.5)  # a chunk of h = 2 actions
+
+    res = flowrl.evaluate(CountdownEnv(), policy, 3, render_episodes=1)
+    # 5 steps per episode with chunks of 2: 3 policy calls per episode (the last chunk is cut)
+    assert calls == list(range(9))
+    assert res.success == 1.0 and res.episode_return == 5.0 and res.episode_length == 5.0
+    assert len(res.frames) == 5
