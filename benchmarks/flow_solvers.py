@@ -35,20 +35,28 @@ def main():
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
-    print(f"device: {jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}), "
-          f"jax {jax.__version__}, F = {args.steps}, batch 256\n")
+    print(
+        f"device: {jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}), "
+        f"jax {jax.__version__}, F = {args.steps}, batch 256\n"
+    )
     print("| field | solver | compile (s) | run (ms) | max abs diff vs scan |")
     print("|---|---|---:|---:|---:|")
-    for name, obs, act, hidden in (("paper 4x512, obs 37, A 25", 37, 25, (512,) * 4),
-                                   ("cpu 2x256, obs 28, A 25", 28, 25, (256, 256))):
+    for name, obs, act, hidden in (
+        ("paper 4x512, obs 37, A 25", 37, 25, (512,) * 4),
+        ("cpu 2x256, obs 28, A 25", 28, 25, (256, 256)),
+    ):
         v = flowrl.VelocityField(obs, act, hidden, key=jax.random.key(0))
         s = jax.random.normal(jax.random.key(1), (256, obs))
         z = jax.random.normal(jax.random.key(2), (256, act))
         out = {}
         for solver in ("scan", "diffrax"):
-            fn = jax.jit(jax.vmap(
-                lambda s_, z_, solver=solver: flowrl.euler_sample(
-                    v, s_, z_, steps=args.steps, solver=solver)))
+            fn = jax.jit(
+                jax.vmap(
+                    lambda s_, z_, solver=solver, v=v: flowrl.euler_sample(
+                        v, s_, z_, steps=args.steps, solver=solver
+                    )
+                )
+            )
             compile_s, run_s = measure(fn, s, z, repeats=args.repeats)
             out[solver] = fn(s, z)
             diff = float(jnp.max(jnp.abs(out[solver] - out["scan"])))

@@ -55,10 +55,24 @@ ENV_PRESETS: dict[str, tuple[float, float, float, int, float, bool]] = {
 
 # Network / budget sizes. "paper": the published runs; "cpu": minutes on a 2-core machine.
 SIZES = {
-    "paper": dict(hidden=(512, 512, 512, 512), num_critics=10, batch_size=256, steps=1_000_000,
-                  eval_every=100_000, eval_episodes=50, rebuild_episodes=1000),
-    "cpu": dict(hidden=(256, 256), num_critics=2, batch_size=256, steps=40_000,
-                eval_every=10_000, eval_episodes=20, rebuild_episodes=100),
+    "paper": dict(
+        hidden=(512, 512, 512, 512),
+        num_critics=10,
+        batch_size=256,
+        steps=1_000_000,
+        eval_every=100_000,
+        eval_episodes=50,
+        rebuild_episodes=1000,
+    ),
+    "cpu": dict(
+        hidden=(256, 256),
+        num_critics=2,
+        batch_size=256,
+        steps=40_000,
+        eval_every=10_000,
+        eval_episodes=20,
+        rebuild_episodes=100,
+    ),
 }
 
 
@@ -173,9 +187,7 @@ def resolve(cfg: Config) -> Config:
     env_fields = ("alpha", "kappa", "rho", "horizon", "discount", "sparse_reward")
     if any(getattr(cfg, f) is None for f in env_fields):
         fill.update(zip(env_fields, ENV_PRESETS[env_family(cfg.env_name)], strict=True))
-    cfg = dataclasses.replace(
-        cfg, **{k: v for k, v in fill.items() if getattr(cfg, k) is None}
-    )
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in fill.items() if getattr(cfg, k) is None})
     cfg = dataclasses.replace(cfg, hidden=tuple(cfg.hidden))
     if cfg.eval_every % cfg.block or cfg.steps % cfg.block:
         raise ValueError(
@@ -186,9 +198,21 @@ def resolve(cfg: Config) -> Config:
 
 
 def hyper(cfg: Config) -> Hyper:
-    return Hyper(cfg.alpha, cfg.kappa, cfg.rho, cfg.horizon, cfg.discount, cfg.flow_steps,
-                 cfg.batch_size, cfg.tau, cfg.ema, cfg.value_at, cfg.reversal, cfg.bootstrap,
-                 cfg.mask_gate)
+    return Hyper(
+        cfg.alpha,
+        cfg.kappa,
+        cfg.rho,
+        cfg.horizon,
+        cfg.discount,
+        cfg.flow_steps,
+        cfg.batch_size,
+        cfg.tau,
+        cfg.ema,
+        cfg.value_at,
+        cfg.reversal,
+        cfg.bootstrap,
+        cfg.mask_gate,
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -221,8 +245,15 @@ def init_state(cfg: Config, obs_dim: int, action_dim: int, key: PRNGKeyArray) ->
     )
     params = eqx.filter((actor, critic), eqx.is_inexact_array)
     copy = lambda tree: jax.tree.map(lambda x: jnp.array(x, copy=True), tree)  # own buffers
-    return RQLState(actor, copy(actor), critic, copy(critic), make_optimizer(cfg).init(params),
-                    k_run, jnp.zeros((), jnp.int32))
+    return RQLState(
+        actor,
+        copy(actor),
+        critic,
+        copy(critic),
+        make_optimizer(cfg).init(params),
+        k_run,
+        jnp.zeros((), jnp.int32),
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -287,8 +318,14 @@ def rql_loss(models, critic_target, batch: Windows, draws: Draws, hp: Hyper):
     actor_loss = jnp.mean(batch.valid * value)
 
     total = actor_loss + hp.alpha * bc_loss + critic_loss
-    metrics = dict(total_loss=total, critic_loss=critic_loss, actor_loss=actor_loss,
-                   bc_loss=bc_loss, q_mean=jnp.mean(q), target_mean=jnp.mean(target))
+    metrics = dict(
+        total_loss=total,
+        critic_loss=critic_loss,
+        actor_loss=actor_loss,
+        bc_loss=bc_loss,
+        q_mean=jnp.mean(q),
+        target_mean=jnp.mean(target),
+    )
     return total, metrics
 
 
@@ -382,19 +419,29 @@ def load_data(cfg: Config):
     from flowrl.data import load_ogbench, parse_ogbench_name, rebuild_dataset
 
     try:
-        return load_ogbench(cfg.env_name, dataset_dir=cfg.dataset_dir,
-                            sparse_reward=cfg.sparse_reward)
+        return load_ogbench(
+            cfg.env_name, dataset_dir=cfg.dataset_dir, sparse_reward=cfg.sparse_reward
+        )
     except FileNotFoundError as e:
         parsed = parse_ogbench_name(cfg.env_name)
         if not parsed.rebuildable:
             raise
-        print(f"{e}\n\nRebuilding {cfg.rebuild_episodes} episodes locally instead (results on "
-              "rebuilt data are labelled as such) ...", flush=True)
-        rebuild_dataset(parsed.dataset, episodes=cfg.rebuild_episodes,
-                        workers=cfg.rebuild_workers, dataset_dir=cfg.dataset_dir, seed=0,
-                        progress=cfg.progress)
-        return load_ogbench(cfg.env_name, dataset_dir=cfg.dataset_dir,
-                            sparse_reward=cfg.sparse_reward)
+        print(
+            f"{e}\n\nRebuilding {cfg.rebuild_episodes} episodes locally instead (results on "
+            "rebuilt data are labelled as such) ...",
+            flush=True,
+        )
+        rebuild_dataset(
+            parsed.dataset,
+            episodes=cfg.rebuild_episodes,
+            workers=cfg.rebuild_workers,
+            dataset_dir=cfg.dataset_dir,
+            seed=0,
+            progress=cfg.progress,
+        )
+        return load_ogbench(
+            cfg.env_name, dataset_dir=cfg.dataset_dir, sparse_reward=cfg.sparse_reward
+        )
 
 
 def train(cfg: Config) -> Path:
@@ -402,11 +449,15 @@ def train(cfg: Config) -> Path:
         given = cfg
         saved = json.loads((Path(cfg.resume) / "config.json").read_text())
         cfg = Config(**{**saved, "hidden": tuple(saved["hidden"])})
-        cfg = dataclasses.replace(cfg, **{k: getattr(given, k) for k in RESUMABLE
-                                          if getattr(given, k) is not None})
+        cfg = dataclasses.replace(
+            cfg, **{k: getattr(given, k) for k in RESUMABLE if getattr(given, k) is not None}
+        )
     cfg = resolve(cfg)
-    run_dir = Path(cfg.resume or cfg.run_dir or
-                   f"runs/{cfg.env_name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(
+        cfg.resume
+        or cfg.run_dir
+        or f"runs/{cfg.env_name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     config = dataclasses.asdict(cfg)
 
@@ -417,14 +468,24 @@ def train(cfg: Config) -> Path:
     logger = flowrl.CSVLogger(run_dir)
     start = 0
     if cfg.resume:
-        state, start = flowrl.load_checkpoint(run_dir / "checkpoint", state, config,
-                                              may_differ=RESUMABLE)
+        state, start = flowrl.load_checkpoint(
+            run_dir / "checkpoint", state, config, may_differ=RESUMABLE
+        )
         logger.truncate_after(start)
         print(f"Resumed {run_dir} at step {start}")
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
-    (run_dir / "data.json").write_text(json.dumps(
-        {"name": data.name, "dataset_dir": str(data.dataset_dir), "rebuilt": data.rebuilt,
-         "rebuild_record": data.metadata}, indent=2, default=str))
+    (run_dir / "data.json").write_text(
+        json.dumps(
+            {
+                "name": data.name,
+                "dataset_dir": str(data.dataset_dir),
+                "rebuilt": data.rebuilt,
+                "rebuild_record": data.metadata,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     writers = flowrl.ExtraWriters(run_dir, config, tensorboard=cfg.tensorboard, track=cfg.track)
 
     block = make_block(hp, opt, cfg.block)
@@ -453,28 +514,40 @@ def train(cfg: Config) -> Path:
         compile_s = elapsed if compile_s is None else compile_s
         train_row = {k: float(np.mean(v)) for k, v in metrics.items()}
         train_row["steps_per_s"] = cfg.block / elapsed
-        val_row = {k: float(v) for k, v in jax.device_get(
-            validate(data.val, state, jax.random.fold_in(jax.random.key(cfg.seed + 2), step))
-        ).items()}
+        val_row = {
+            k: float(v)
+            for k, v in jax.device_get(
+                validate(data.val, state, jax.random.fold_in(jax.random.key(cfg.seed + 2), step))
+            ).items()
+        }
         logger.log("train", step, train_row)
         logger.log("val", step, val_row)
         writers.log("train", step, train_row)
         writers.log("val", step, val_row)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             last_eval = evaluate_and_save(step)
-        bar.update(cfg.block, steps_per_s=train_row["steps_per_s"],
-                   critic=train_row["critic_loss"], bc=train_row["bc_loss"],
-                   success=None if last_eval is None else last_eval.success)
+        bar.update(
+            cfg.block,
+            steps_per_s=train_row["steps_per_s"],
+            critic=train_row["critic_loss"],
+            bc=train_row["bc_loss"],
+            success=None if last_eval is None else last_eval.success,
+        )
     bar.close()
     signal.signal(signal.SIGINT, previous_handler)
     if stop["now"]:
         flowrl.save_checkpoint(run_dir / "checkpoint", state, config, step)
-        print(f"Interrupted: saved step {step} to {run_dir / 'checkpoint'}; "
-              f"continue with --resume {run_dir}")
+        print(
+            f"Interrupted: saved step {step} to {run_dir / 'checkpoint'}; "
+            f"continue with --resume {run_dir}"
+        )
     writers.close()
-    flowrl.plot_learning_curve(logger, run_dir / "learning_curve.png",
-                               title=f"RQL {cfg.env_name} seed {cfg.seed} "
-                                     f"({'rebuilt' if data.rebuilt else 'official'} data)")
+    flowrl.plot_learning_curve(
+        logger,
+        run_dir / "learning_curve.png",
+        title=f"RQL {cfg.env_name} seed {cfg.seed} "
+        f"({'rebuilt' if data.rebuilt else 'official'} data)",
+    )
     print(f"compile + first block {compile_s:.1f}s; run directory {run_dir}")
     return run_dir
 

@@ -29,19 +29,32 @@ def actor_from(z, prefix, obs_dim, action_dim, hidden):
 
 
 def critic_from(z, prefix, obs_dim, action_dim, hidden, k):
-    c = flowrl.joint_critic(obs_dim, action_dim, hidden_sizes=hidden, num_members=k,
-                            key=jax.random.key(0))
+    c = flowrl.joint_critic(
+        obs_dim, action_dim, hidden_sizes=hidden, num_members=k, key=jax.random.key(0)
+    )
     n = len(hidden)
     dense = [f"{prefix}/value_net/Dense_{i}" for i in range(n + 1)]
     ln = [f"{prefix}/value_net/LayerNorm_{i}" for i in range(n)]
-    c = eqx.tree_at(lambda m: tuple(lin.weight for lin in m.members.layers), c,
-                    tuple(jnp.swapaxes(jnp.asarray(z[d + "/kernel"]), 1, 2) for d in dense))
-    c = eqx.tree_at(lambda m: tuple(lin.bias for lin in m.members.layers), c,
-                    tuple(jnp.asarray(z[d + "/bias"]) for d in dense))
-    c = eqx.tree_at(lambda m: tuple(x.weight for x in m.members.norms), c,
-                    tuple(jnp.asarray(z[x + "/scale"]) for x in ln))
-    return eqx.tree_at(lambda m: tuple(x.bias for x in m.members.norms), c,
-                       tuple(jnp.asarray(z[x + "/bias"]) for x in ln))
+    c = eqx.tree_at(
+        lambda m: tuple(lin.weight for lin in m.members.layers),
+        c,
+        tuple(jnp.swapaxes(jnp.asarray(z[d + "/kernel"]), 1, 2) for d in dense),
+    )
+    c = eqx.tree_at(
+        lambda m: tuple(lin.bias for lin in m.members.layers),
+        c,
+        tuple(jnp.asarray(z[d + "/bias"]) for d in dense),
+    )
+    c = eqx.tree_at(
+        lambda m: tuple(x.weight for x in m.members.norms),
+        c,
+        tuple(jnp.asarray(z[x + "/scale"]) for x in ln),
+    )
+    return eqx.tree_at(
+        lambda m: tuple(x.bias for x in m.members.norms),
+        c,
+        tuple(jnp.asarray(z[x + "/bias"]) for x in ln),
+    )
 
 
 def actor_to_flax(v, prefix):

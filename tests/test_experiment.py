@@ -59,7 +59,9 @@ def test_checkpoint_round_trip_with_keys_and_atomic_files(tmp_path):
     got, step = flowrl.load_checkpoint(tmp_path, like, {"a": (1, 2)})
     assert step == 7
     np.testing.assert_array_equal(got["w"], state["w"])
-    np.testing.assert_array_equal(jax.random.key_data(got["key"]), jax.random.key_data(state["key"]))
+    np.testing.assert_array_equal(
+        jax.random.key_data(got["key"]), jax.random.key_data(state["key"])
+    )
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(flowrl.CheckpointError, match="a: saved"):
         flowrl.load_checkpoint(tmp_path, like, {"a": (1, 3)})

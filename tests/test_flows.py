@@ -46,7 +46,9 @@ def test_euler_convergence_order_one():
     exact = x0 * np.exp(-1.3)
     steps = [4, 8, 16, 32, 64]
     errors = [
-        float(jnp.max(jnp.abs(flowrl.euler_sample(Linear(-1.3), s, x0, steps=f, clip=None) - exact)))
+        float(
+            jnp.max(jnp.abs(flowrl.euler_sample(Linear(-1.3), s, x0, steps=f, clip=None) - exact))
+        )
         for f in steps
     ]
     slope = np.polyfit(np.log(1.0 / np.array(steps)), np.log(errors), 1)[0]

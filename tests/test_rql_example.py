@@ -7,17 +7,26 @@ import equinox as eqx
 import jax
 import numpy as np
 import pytest
+import rql_ogbench as rql
 
 import flowrl
-import rql_ogbench as rql
 
 pytest.importorskip("ogbench")
 
 
 def tiny(cfg_dir, run_dir, **over):
-    base = dict(dataset_dir=str(cfg_dir), hidden=(32, 32), num_critics=2, batch_size=32,
-                steps=300, block=100, eval_every=100, eval_episodes=1, run_dir=str(run_dir),
-                progress=False)
+    base = dict(
+        dataset_dir=str(cfg_dir),
+        hidden=(32, 32),
+        num_critics=2,
+        batch_size=32,
+        steps=300,
+        block=100,
+        eval_every=100,
+        eval_episodes=1,
+        run_dir=str(run_dir),
+        progress=False,
+    )
     base.update(over)
     return dataclasses.replace(rql.Config(), **base)
 
@@ -26,10 +35,14 @@ def leaves(run_dir):
     cfg = json.loads((run_dir / "config.json").read_text())
     cfg = rql.resolve(dataclasses.replace(rql.Config(), **{**cfg, "hidden": tuple(cfg["hidden"])}))
     like = rql.init_state(cfg, 28, cfg.horizon * 5, jax.random.key(0))
-    state, step = flowrl.load_checkpoint(run_dir / "checkpoint", like,
-                                         dataclasses.asdict(cfg), may_differ=rql.RESUMABLE)
-    return step, [np.asarray(x) for x in jax.tree.leaves(eqx.filter(state, eqx.is_array))
-                  if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)]
+    state, step = flowrl.load_checkpoint(
+        run_dir / "checkpoint", like, dataclasses.asdict(cfg), may_differ=rql.RESUMABLE
+    )
+    return step, [
+        np.asarray(x)
+        for x in jax.tree.leaves(eqx.filter(state, eqx.is_array))
+        if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    ]
 
 
 def test_train_evaluate_resume_bitwise(tiny_cube_dir, tmp_path):
@@ -58,5 +71,6 @@ def test_incompatible_checkpoint_is_refused(tiny_cube_dir, tmp_path):
     cfg = rql.resolve(tiny(tiny_cube_dir, run, num_critics=3))
     like = rql.init_state(cfg, 28, 25, jax.random.key(0))
     with pytest.raises(flowrl.CheckpointError, match="num_critics: saved 2 vs now 3"):
-        flowrl.load_checkpoint(run / "checkpoint", like, dataclasses.asdict(cfg),
-                               may_differ=rql.RESUMABLE)
+        flowrl.load_checkpoint(
+            run / "checkpoint", like, dataclasses.asdict(cfg), may_differ=rql.RESUMABLE
+        )

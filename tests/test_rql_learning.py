@@ -8,18 +8,31 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import rql_ogbench as rql
 
 import flowrl
-import rql_ogbench as rql
 from flowrl.data import Dataset
 
 
 def small_config(**over):
     # alpha is small because Q spans only ~1 here and the one-hop value gradient is scaled by
     # the step 1/F; with alpha = 1 flow matching dominates and RQL stays near the data ratio.
-    base = dict(hidden=(64, 64), num_critics=2, batch_size=128, alpha=0.01, kappa=0.7, rho=0.0,
-                horizon=1, discount=0.9, sparse_reward=False, ema=0.99, block=500, steps=500,
-                eval_every=500, lr=1e-3)
+    base = dict(
+        hidden=(64, 64),
+        num_critics=2,
+        batch_size=128,
+        alpha=0.01,
+        kappa=0.7,
+        rho=0.0,
+        horizon=1,
+        discount=0.9,
+        sparse_reward=False,
+        ema=0.99,
+        block=500,
+        steps=500,
+        eval_every=500,
+        lr=1e-3,
+    )
     base.update(over)
     return rql.resolve(dataclasses.replace(rql.Config(), **base))
 
@@ -48,10 +61,16 @@ def bandit():
     obs = rng.normal(size=(n, 2)).astype(np.float32)
     good = rng.random(n) < 0.3
     act = np.where(good, 0.6, -0.6) + 0.05 * rng.normal(size=n)
-    return Dataset.from_arrays(dict(
-        observations=obs, next_observations=obs, actions=act[:, None].astype(np.float32),
-        rewards=np.where(good, 0.0, -1.0).astype(np.float32), masks=np.zeros(n, np.float32),
-        terminals=np.ones(n, np.float32)))
+    return Dataset.from_arrays(
+        dict(
+            observations=obs,
+            next_observations=obs,
+            actions=act[:, None].astype(np.float32),
+            rewards=np.where(good, 0.0, -1.0).astype(np.float32),
+            masks=np.zeros(n, np.float32),
+            terminals=np.ones(n, np.float32),
+        )
+    )
 
 
 def test_rql_picks_the_better_mode_where_bc_follows_the_data(bandit):
@@ -102,17 +121,31 @@ def chain():
             a = rng.choice([-0.6, 0.6]) + 0.05 * rng.normal()
             nxt = min(L - 1, pos + 1) if a > 0 else max(0, pos - 1)
             success = nxt == L - 1
-            rows.append((pos, a, nxt, 0.0 if success else -1.0, 0.0 if success else 1.0,
-                         1.0 if (t == T - 1 or success) else 0.0))
+            rows.append(
+                (
+                    pos,
+                    a,
+                    nxt,
+                    0.0 if success else -1.0,
+                    0.0 if success else 1.0,
+                    1.0 if (t == T - 1 or success) else 0.0,
+                )
+            )
             if success:
                 break
             pos = nxt
     pos, act, nxt, rew, mask, term = map(np.array, zip(*rows, strict=True))
     eye = np.eye(L, dtype=np.float32)
-    return Dataset.from_arrays(dict(
-        observations=eye[pos], next_observations=eye[nxt], actions=act[:, None].astype(np.float32),
-        rewards=rew.astype(np.float32), masks=mask.astype(np.float32),
-        terminals=term.astype(np.float32)))
+    return Dataset.from_arrays(
+        dict(
+            observations=eye[pos],
+            next_observations=eye[nxt],
+            actions=act[:, None].astype(np.float32),
+            rewards=rew.astype(np.float32),
+            masks=mask.astype(np.float32),
+            terminals=term.astype(np.float32),
+        )
+    )
 
 
 def test_rql_bootstraps_along_a_chain(chain):

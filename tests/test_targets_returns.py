@@ -110,11 +110,13 @@ def test_return_identities():
     r, v = jax.random.normal(key, (2, 7))
     d = jax.random.uniform(jax.random.key(1), (7,))
     np.testing.assert_allclose(
-        flowrl.n_step_bootstrapped_returns(r, d, v, 7), flowrl.lambda_returns(r, d, v, 1.0),
+        flowrl.n_step_bootstrapped_returns(r, d, v, 7),
+        flowrl.lambda_returns(r, d, v, 1.0),
         rtol=1e-5,
     )
     np.testing.assert_allclose(
-        flowrl.n_step_bootstrapped_returns(r, d, v, 12), flowrl.lambda_returns(r, d, v, 1.0),
+        flowrl.n_step_bootstrapped_returns(r, d, v, 12),
+        flowrl.lambda_returns(r, d, v, 1.0),
         rtol=1e-5,
     )
     np.testing.assert_allclose(flowrl.lambda_returns(r, d, v, 0.0), r + d * v, rtol=1e-6)

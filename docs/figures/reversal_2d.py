@@ -55,7 +55,8 @@ def fit(key, steps=3000, batch=256):
     return v
 
 
-def main(out=Path(__file__).with_suffix(".png")):
+def main():
+    out = Path(__file__).with_suffix(".png")
     v = fit(jax.random.key(0))
     s = jnp.zeros(0)
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9, 4.4), sharex=True, sharey=True)
@@ -79,8 +80,14 @@ def main(out=Path(__file__).with_suffix(".png")):
             rev = flowrl.reverse_flow(v, s, a, d, steps=F)
             assert jnp.allclose(rev.x, xs[-1], atol=1e-5)
             back = flowrl.euler_path(v, s, rev.x, steps=F, t0=1.0 - d)
-            ax1.plot(xs[:, 0], xs[:, 1], "-", color=c, lw=1.2,
-                     label=f"reversal to t = {1 - d:.1f}" if i == 0 else None)
+            ax1.plot(
+                xs[:, 0],
+                xs[:, 1],
+                "-",
+                color=c,
+                lw=1.2,
+                label=f"reversal to t = {1 - d:.1f}" if i == 0 else None,
+            )
             ax1.plot(back.xs[:, 0], back.xs[:, 1], "--", color=c, lw=0.8)
             ax1.plot(rev.x[0], rev.x[1], "o", color=c, ms=4)
     ax1.set_title("reversals of dataset actions (*); dashed: forward again", fontsize=10)

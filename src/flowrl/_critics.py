@@ -108,17 +108,17 @@ def ensemble_critic(
     return EnsembleCritic(members, num_members)
 
 
-def ensemble_mean(q: Float[Array, "K *batch"]) -> Float[Array, "*batch"]:
+def ensemble_mean(q: Float[Array, " K *batch"]) -> Float[Array, "*batch"]:
     """Mean over the ensemble axis (axis 0)."""
     return jnp.mean(q, axis=0)
 
 
-def ensemble_min(q: Float[Array, "K *batch"]) -> Float[Array, "*batch"]:
+def ensemble_min(q: Float[Array, " K *batch"]) -> Float[Array, "*batch"]:
     """Minimum over the ensemble axis (axis 0)."""
     return jnp.min(q, axis=0)
 
 
-def ensemble_lcb(q: Float[Array, "K *batch"], rho: ScalarLike) -> Float[Array, "*batch"]:
+def ensemble_lcb(q: Float[Array, " K *batch"], rho: ScalarLike) -> Float[Array, "*batch"]:
     r"""Pessimistic aggregation $\operatorname{mean}_k Q_k - \rho \operatorname{std}_k Q_k$
     with the POPULATION standard deviation (divide by `K`), as in RQL's target."""
     return jnp.mean(q, axis=0) - rho * jnp.std(q, axis=0)

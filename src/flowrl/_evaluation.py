@@ -71,5 +71,9 @@ def evaluate(
         returns.append(total)
         lengths.append(length)
     return EvalResult(
-        float(np.mean(successes)), float(np.mean(returns)), float(np.mean(lengths)), episodes, frames
+        float(np.mean(successes)),
+        float(np.mean(returns)),
+        float(np.mean(lengths)),
+        episodes,
+        frames,
     )

@@ -220,8 +220,11 @@ class _Progress:
     def update(self, n: int, **postfix: float | None) -> None:
         if self._bar is None:
             return
-        shown = {k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in postfix.items()
-                 if v is not None}
+        shown = {
+            k: (f"{v:.3g}" if isinstance(v, float) else v)
+            for k, v in postfix.items()
+            if v is not None
+        }
         self._bar.set_postfix(shown, refresh=False)
         self._bar.update(n)
 
@@ -255,7 +258,9 @@ class ExtraWriters:
             try:
                 from tensorboardX import SummaryWriter
             except ImportError as e:
-                raise ImportError("--tensorboard needs tensorboardX: pip install tensorboardX") from e
+                raise ImportError(
+                    "--tensorboard needs tensorboardX: pip install tensorboardX"
+                ) from e
             self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
         if track:
             try:
@@ -314,8 +319,9 @@ def plot_learning_curve(
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     if evals:
         axes[0].plot([r["step"] for r in evals], [r["success"] for r in evals], "o-")
-    axes[0].set(xlabel="gradient step", ylabel="success rate", ylim=(-0.02, 1.02),
-                title="evaluation")
+    axes[0].set(
+        xlabel="gradient step", ylabel="success rate", ylim=(-0.02, 1.02), title="evaluation"
+    )
     for name in ("critic_loss", "bc_loss"):
         if train and name in train[0]:
             axes[1].plot([r["step"] for r in train], [r[name] for r in train], label=name)

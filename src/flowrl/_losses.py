@@ -24,9 +24,7 @@ def freeze(module):
     )
 
 
-def interpolant(
-    x0: Float[Array, " A"], a: Float[Array, " A"], t: ScalarLike
-) -> Float[Array, " A"]:
+def interpolant(x0: Float[Array, " A"], a: Float[Array, " A"], t: ScalarLike) -> Float[Array, " A"]:
     r"""The flow-matching (rectified-flow) interpolant $x_t = (1 - t)\, x_0 + t\, a$."""
     t = jnp.asarray(t, jnp.float32).reshape(())
     return (1.0 - t) * x0 + t * a

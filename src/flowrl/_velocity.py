@@ -91,4 +91,3 @@ class VelocityField(AbstractVelocityField):
         t = jnp.asarray(t, jnp.float32).reshape(())
         t_feat = t[None] if self.time_embedding is None else self.time_embedding(t)
         return self.net(jnp.concatenate([s, x, t_feat]))
-
