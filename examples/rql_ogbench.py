@@ -11,8 +11,6 @@ one update, a scan-fused training block, acting, and the training loop.
 from __future__ import annotations
 
 import dataclasses
-import json
-import signal
 import sys
 import time
 import warnings
@@ -22,12 +20,11 @@ from typing import Literal, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 import flowrl
-from flowrl.data import Dataset, Windows, sample_windows
+from flowrl.data import Dataset, Windows, load_or_rebuild, sample_windows
 
 warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
 
@@ -395,160 +392,57 @@ def make_policy(hp: Hyper, action_dim: int):
     return act
 
 
-def run_evaluation(cfg: Config, env, state: RQLState, act, step: int, run_dir: Path):
-    key = jax.random.fold_in(jax.random.key(cfg.seed + 1), step)
-    result = flowrl.evaluate(
-        env,
-        lambda obs, i: act(state.actor_ema, jnp.asarray(obs), jax.random.fold_in(key, i)),
-        cfg.eval_episodes,
-        seed=10_000 * cfg.seed + step // max(cfg.block, 1),
-        render_episodes=cfg.video_episodes,
-    )
-    if result.frames:
-        flowrl.save_video(result.frames, run_dir / "videos" / f"eval_{step:08d}.mp4")
-    return result
+def make_acting(hp: Hyper, action_dim: int):
+    """The evaluation policy of the training loop: acts with the EMA field."""
+    act = make_policy(hp, action_dim)
+    return lambda state, obs, key: act(state.actor_ema, jnp.asarray(obs), key)
 
 
 # ----------------------------------------------------------------------------------------
-# The training loop
+# Training: the library's shared loop does logging, evaluation, checkpoints and resume.
 # ----------------------------------------------------------------------------------------
-
-
-def load_data(cfg: Config):
-    """Load the dataset; if it is missing and can be rebuilt offline, rebuild it first."""
-    from flowrl.data import load_ogbench, parse_ogbench_name, rebuild_dataset
-
-    try:
-        return load_ogbench(
-            cfg.env_name, dataset_dir=cfg.dataset_dir, sparse_reward=cfg.sparse_reward
-        )
-    except FileNotFoundError as e:
-        parsed = parse_ogbench_name(cfg.env_name)
-        if not parsed.rebuildable:
-            raise
-        print(
-            f"{e}\n\nRebuilding {cfg.rebuild_episodes} episodes locally instead (results on "
-            "rebuilt data are labelled as such) ...",
-            flush=True,
-        )
-        rebuild_dataset(
-            parsed.dataset,
-            episodes=cfg.rebuild_episodes,
-            workers=cfg.rebuild_workers,
-            dataset_dir=cfg.dataset_dir,
-            seed=0,
-            progress=cfg.progress,
-        )
-        return load_ogbench(
-            cfg.env_name, dataset_dir=cfg.dataset_dir, sparse_reward=cfg.sparse_reward
-        )
 
 
 def train(cfg: Config) -> Path:
     if cfg.resume:  # the saved config, except the run-control fields given now
-        given = cfg
-        saved = json.loads((Path(cfg.resume) / "config.json").read_text())
-        cfg = Config(**{**saved, "hidden": tuple(saved["hidden"])})
-        cfg = dataclasses.replace(
-            cfg, **{k: getattr(given, k) for k in RESUMABLE if getattr(given, k) is not None}
-        )
+        cfg = flowrl.restore_config(cfg, cfg.resume, RESUMABLE)
     cfg = resolve(cfg)
     run_dir = Path(
         cfg.resume
         or cfg.run_dir
         or f"runs/{cfg.env_name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = dataclasses.asdict(cfg)
-
-    data = load_data(cfg)
-    env, hp, opt = data.env, hyper(cfg), make_optimizer(cfg)
-    act_dim = data.train.action_dim
+    data = load_or_rebuild(
+        cfg.env_name,
+        dataset_dir=cfg.dataset_dir,
+        sparse_reward=cfg.sparse_reward,
+        rebuild_episodes=cfg.rebuild_episodes,
+        rebuild_workers=cfg.rebuild_workers,
+        progress=cfg.progress,
+    )
+    hp, opt, act_dim = hyper(cfg), make_optimizer(cfg), data.train.action_dim
     state = init_state(cfg, data.train.obs_dim, cfg.horizon * act_dim, jax.random.key(cfg.seed))
-    logger = flowrl.CSVLogger(run_dir)
-    start = 0
-    if cfg.resume:
-        state, start = flowrl.load_checkpoint(
-            run_dir / "checkpoint", state, config, may_differ=RESUMABLE
-        )
-        logger.truncate_after(start)
-        print(f"Resumed {run_dir} at step {start}")
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
-    (run_dir / "data.json").write_text(
-        json.dumps(
-            {
-                "name": data.name,
-                "dataset_dir": str(data.dataset_dir),
-                "rebuilt": data.rebuilt,
-                "rebuild_record": data.metadata,
-            },
-            indent=2,
-            default=str,
-        )
+    flowrl.train_loop(
+        state,
+        make_block(hp, opt, cfg.block),
+        data=data,
+        policy=make_acting(hp, act_dim),
+        validate=make_validation(hp),
+        run_dir=run_dir,
+        config=dataclasses.asdict(cfg),
+        steps=cfg.steps,
+        block_size=cfg.block,
+        eval_every=cfg.eval_every,
+        eval_episodes=cfg.eval_episodes,
+        seed=cfg.seed,
+        resume=bool(cfg.resume),
+        may_differ=RESUMABLE,
+        show_progress=cfg.progress,
+        tensorboard=cfg.tensorboard,
+        track=cfg.track,
+        video_episodes=cfg.video_episodes,
+        title=f"RQL {cfg.env_name} seed {cfg.seed}",
     )
-    writers = flowrl.ExtraWriters(run_dir, config, tensorboard=cfg.tensorboard, track=cfg.track)
-
-    block = make_block(hp, opt, cfg.block)
-    validate = make_validation(hp)
-    act = make_policy(hp, act_dim)
-    stop = {"now": False}  # Ctrl-C finishes the current block, saves, then exits
-    previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
-    bar = flowrl.progress(cfg.steps, start, enabled=cfg.progress)
-
-    def evaluate_and_save(step):
-        result = run_evaluation(cfg, env, state, act, step, run_dir)
-        logger.log("eval", step, result.as_dict())
-        writers.log("eval", step, result.as_dict())
-        flowrl.save_checkpoint(run_dir / "checkpoint", state, config, step)
-        return result
-
-    last_eval = evaluate_and_save(0) if start == 0 else None
-    step, compile_s = start, None
-    while step < cfg.steps and not stop["now"]:
-        t0 = time.perf_counter()
-        new_state, metrics = block(data.train, state)
-        metrics = jax.device_get(metrics)
-        flowrl.check_finite(metrics, step + 1)  # the last good checkpoint stays on disk
-        state, step = new_state, step + cfg.block
-        elapsed = time.perf_counter() - t0
-        compile_s = elapsed if compile_s is None else compile_s
-        train_row = {k: float(np.mean(v)) for k, v in metrics.items()}
-        train_row["steps_per_s"] = cfg.block / elapsed
-        val_row = {
-            k: float(v)
-            for k, v in jax.device_get(
-                validate(data.val, state, jax.random.fold_in(jax.random.key(cfg.seed + 2), step))
-            ).items()
-        }
-        logger.log("train", step, train_row)
-        logger.log("val", step, val_row)
-        writers.log("train", step, train_row)
-        writers.log("val", step, val_row)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            last_eval = evaluate_and_save(step)
-        bar.update(
-            cfg.block,
-            steps_per_s=train_row["steps_per_s"],
-            critic=train_row["critic_loss"],
-            bc=train_row["bc_loss"],
-            success=None if last_eval is None else last_eval.success,
-        )
-    bar.close()
-    signal.signal(signal.SIGINT, previous_handler)
-    if stop["now"]:
-        flowrl.save_checkpoint(run_dir / "checkpoint", state, config, step)
-        print(
-            f"Interrupted: saved step {step} to {run_dir / 'checkpoint'}; "
-            f"continue with --resume {run_dir}"
-        )
-    writers.close()
-    flowrl.plot_learning_curve(
-        logger,
-        run_dir / "learning_curve.png",
-        title=f"RQL {cfg.env_name} seed {cfg.seed} "
-        f"({'rebuilt' if data.rebuilt else 'official'} data)",
-    )
-    print(f"compile + first block {compile_s:.1f}s; run directory {run_dir}")
     return run_dir
 
 

@@ -16,3 +16,29 @@ from pathlib import Path  # noqa: E402
 
 # The examples are scripts, not a package: make them importable by the tests.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+
+
+# ---- OGBench data fixtures (tests/test_data_*.py and the examples' tests) ----
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_cube_dir(tmp_path_factory):
+    """A tiny cube-single-play-v0 rebuilt with the scripted oracle (4 train episodes, 1 val,
+    101 rows each, seed 0), in the OGBench file layout; load it with
+    `load_ogbench("cube-single-play-singletask-task2-v0", dataset_dir=tiny_cube_dir)`."""
+    pytest.importorskip("ogbench", reason="ogbench is needed to rebuild the tiny dataset")
+    from flowrl.data.rebuild import rebuild_dataset
+
+    directory = tmp_path_factory.mktemp("ogbench-tiny")
+    rebuild_dataset(
+        "cube-single-play-v0",
+        episodes=4,
+        val_episodes=1,
+        steps_per_episode=101,
+        workers=1,
+        dataset_dir=directory,
+        seed=0,
+        progress=False,
+    )
+    return directory

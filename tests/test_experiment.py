@@ -98,3 +98,15 @@ def test_evaluate_runs_chunks_open_loop():
     assert calls == list(range(9))
     assert res.success == 1.0 and res.episode_return == 5.0 and res.episode_length == 5.0
     assert len(res.frames) == 5
+
+
+class NoRenderer(CountdownEnv):
+    def render(self):
+        raise RuntimeError("no OpenGL context")
+
+
+def test_evaluate_without_a_renderer_skips_video_with_a_message(capsys):
+    res = flowrl.evaluate(NoRenderer(), lambda obs, i: np.ones((1, 1)), 2, render_episodes=2)
+    assert res.frames == [] and res.success == 1.0
+    assert capsys.readouterr().out.count("rendering skipped") == 1
+    assert flowrl.save_video([], "unused.mp4") is False

@@ -32,9 +32,11 @@ from ._experiment import check_finite as check_finite
 from ._experiment import load_checkpoint as load_checkpoint
 from ._experiment import plot_learning_curve as plot_learning_curve
 from ._experiment import progress as progress
+from ._experiment import restore_config as restore_config
 from ._experiment import save_checkpoint as save_checkpoint
 from ._experiment import save_video as save_video
 from ._experiment import scan_block as scan_block
+from ._experiment import train_loop as train_loop
 from ._flows import FlowPath as FlowPath
 from ._flows import Reversal as Reversal
 from ._flows import euler_path as euler_path
@@ -76,9 +78,11 @@ __all__ = [
     "load_checkpoint",
     "plot_learning_curve",
     "progress",
+    "restore_config",
     "save_checkpoint",
     "save_video",
     "scan_block",
+    "train_loop",
     "EnsembleCritic",
     "FlowPath",
     "FourierTimeEmbedding",

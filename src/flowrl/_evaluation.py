@@ -45,14 +45,15 @@ def evaluate(
       (a chunk of `h` actions; `(action_dim,)` counts as `h = 1`). Call `i` of the whole
       evaluation gets `call_index = i`, so a policy can fold it into its random key.
     - `episodes`: number of episodes; episode `e` resets with seed `seed + e`.
-    - `render_episodes`: render frames (`env.render()`) for the first this many episodes.
+    - `render_episodes`: render frames (`env.render()`) for the first this many episodes;
+      if rendering fails (no renderer) it prints why once and carries on without frames.
 
     **Returns:** an [`flowrl.EvalResult`][].
     """
     if episodes < 1:
         raise ValueError(f"`episodes` must be >= 1, got {episodes}")
     successes, returns, lengths, frames = [], [], [], []
-    calls = 0
+    calls, can_render = 0, render_episodes > 0
     for e in range(episodes):
         obs, info = env.reset(seed=seed + e)
         done, total, length, queue = False, 0.0, 0, []
@@ -65,8 +66,15 @@ def evaluate(
             total += float(reward)
             length += 1
             done = bool(terminated or truncated)
-            if e < render_episodes:
-                frames.append(env.render())
+            if e < render_episodes and can_render:
+                try:
+                    frames.append(env.render())
+                except Exception as err:  # noqa: BLE001 - no renderer: evaluate without video
+                    print(
+                        f"rendering skipped ({type(err).__name__}: {err}); set MUJOCO_GL=egl "
+                        "and install an EGL/OSMesa renderer for videos"
+                    )
+                    can_render = False
         successes.append(float(info.get("success", 0.0)))
         returns.append(total)
         lengths.append(length)

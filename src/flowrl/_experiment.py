@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
+import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -14,6 +16,8 @@ from typing import Any, TypeVar
 import equinox as eqx
 import jax
 import numpy as np
+
+from ._evaluation import evaluate
 
 S = TypeVar("S")
 
@@ -332,3 +336,178 @@ def plot_learning_curve(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def restore_config(given: Any, run_dir: str | os.PathLike[str], keep: tuple[str, ...]) -> Any:
+    """The config of a run being resumed: the one saved in `run_dir/config.json`, with the
+    fields named in `keep` taken from `given` (the command line of the resuming call) where
+    they are not `None`.
+
+    **Arguments:** `given`, a dataclass instance; `run_dir`; `keep`, field names.
+
+    **Returns:** a new instance of `given`'s class. Lists saved for tuple fields become tuples.
+    """
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"cannot resume: {path} does not exist")
+    saved = json.loads(path.read_text())
+    cls = type(given)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(saved) - fields)
+    if unknown:
+        raise CheckpointError(f"{path} has fields {unknown} that {cls.__name__} does not know")
+    restored = {
+        k: tuple(v) if isinstance(v, list) and isinstance(getattr(given, k), tuple | None) else v
+        for k, v in saved.items()
+    }
+    cfg = cls(**restored)
+    return dataclasses.replace(
+        cfg, **{k: getattr(given, k) for k in keep if getattr(given, k) is not None}
+    )
+
+
+def train_loop(
+    state: S,
+    block: Callable[[Any, S], tuple[S, dict[str, jax.Array]]],
+    *,
+    data: Any,
+    policy: Callable[[S, np.ndarray, jax.Array], np.ndarray],
+    run_dir: str | os.PathLike[str],
+    config: Mapping[str, Any],
+    steps: int,
+    block_size: int,
+    eval_every: int,
+    eval_episodes: int,
+    seed: int,
+    validate: Callable[[Any, S, jax.Array], dict[str, jax.Array]] | None = None,
+    resume: bool = False,
+    may_differ: tuple[str, ...] = (),
+    show_progress: bool = True,
+    tensorboard: bool = False,
+    track: bool = False,
+    video_episodes: int = 0,
+    title: str = "",
+) -> tuple[S, int]:
+    """The training loop every example shares: only the learner (state, `block`, `policy`)
+    differs between RQL, FQL and the other learners.
+
+    Each iteration runs one jitted `block(train_data, state)` (`block_size` fused updates, see
+    [`flowrl.scan_block`][]), checks the losses are finite ([`flowrl.check_finite`][]: on
+    failure the run stops, naming the step and loss, and the last good checkpoint stays), logs
+    the block's mean metrics and steps/s to `train.csv`, the `validate` losses on the
+    validation split to `val.csv`, and every `eval_every` steps (and at step 0) evaluates
+    the policy ([`flowrl.evaluate`][]) into `eval.csv` and saves a checkpoint. Ctrl-C finishes
+    the current block, saves, and returns. At the end a learning curve is plotted.
+
+    Random streams: evaluation and validation draw from keys derived from `seed` and the
+    step, never from the learner's state, so a resumed run is bitwise identical to an
+    uninterrupted one.
+
+    **Arguments:**
+
+    - `state`: the initial learner state (or a template of it when resuming).
+    - `block`: `block(dataset, state) -> (state, metrics)`, jitted, state donated.
+    - `data`: an [`flowrl.data.OGBenchData`][] (`train`, `val`, `env`, `rebuilt`, ...).
+    - `policy`: `policy(state, observation, key) -> actions` of shape `(h, action_dim)`.
+    - `run_dir`: where logs, config and checkpoints go.
+    - `config`: the run's config as a JSON-able mapping (saved and checked on resume).
+    - `steps`, `block_size`, `eval_every`, `eval_episodes`, `seed`: the budget.
+    - `validate`: `validate(dataset, state, key) -> metrics`, or `None`.
+    - `resume`: load `run_dir/checkpoint` first; `may_differ` lists the config fields a
+      resumed run may change.
+    - `show_progress`, `tensorboard`, `track`, `video_episodes`, `title`: outputs.
+
+    **Returns:** `(state, step)` at the end.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = dict(config)
+    logger = CSVLogger(run_dir)
+    start = 0
+    if resume:
+        state, start = load_checkpoint(run_dir / "checkpoint", state, config, may_differ=may_differ)
+        logger.truncate_after(start)
+        print(f"Resumed {run_dir} at step {start}")
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    record = {
+        "name": getattr(data, "name", None),
+        "dataset_dir": str(getattr(data, "dataset_dir", "")),
+        "rebuilt": getattr(data, "rebuilt", None),
+        "rebuild_record": getattr(data, "metadata", None),
+    }
+    (run_dir / "data.json").write_text(json.dumps(record, indent=2, default=str))
+    writers = ExtraWriters(run_dir, config, tensorboard=tensorboard, track=track)
+    stop = {"now": False}
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    bar = progress(steps, start, enabled=show_progress)
+
+    def log(split, step, row):
+        logger.log(split, step, row)
+        writers.log(split, step, row)
+
+    def evaluate_and_save(step):
+        key = jax.random.fold_in(jax.random.key(seed + 1), step)
+        result = evaluate(
+            data.env,
+            lambda obs, i: policy(state, obs, jax.random.fold_in(key, i)),
+            eval_episodes,
+            seed=10_000 * seed + step // block_size,
+            render_episodes=video_episodes,
+        )
+        if result.frames:
+            save_video(result.frames, run_dir / "videos" / f"eval_{step:08d}.mp4")
+        log("eval", step, result.as_dict())
+        save_checkpoint(run_dir / "checkpoint", state, config, step)
+        return result
+
+    try:
+        last_eval = evaluate_and_save(0) if start == 0 else None
+        step, first_block_s = start, None
+        while step < steps and not stop["now"]:
+            t0 = time.perf_counter()
+            new_state, metrics = block(data.train, state)
+            metrics = jax.device_get(metrics)
+            check_finite(metrics, step + 1)
+            state, step = new_state, step + block_size
+            elapsed = time.perf_counter() - t0
+            first_block_s = elapsed if first_block_s is None else first_block_s
+            row = {k: float(np.mean(v)) for k, v in metrics.items()}
+            row["steps_per_s"] = block_size / elapsed
+            log("train", step, row)
+            if validate is not None:
+                vkey = jax.random.fold_in(jax.random.key(seed + 2), step)
+                log(
+                    "val",
+                    step,
+                    {
+                        k: float(v)
+                        for k, v in jax.device_get(validate(data.val, state, vkey)).items()
+                    },
+                )
+            if step % eval_every == 0 or step >= steps:
+                last_eval = evaluate_and_save(step)
+            bar.update(
+                block_size,
+                steps_per_s=row["steps_per_s"],
+                critic=row.get("critic_loss"),
+                bc=row.get("bc_loss"),
+                success=None if last_eval is None else last_eval.success,
+            )
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, previous_handler)
+        writers.close()
+    if stop["now"]:
+        save_checkpoint(run_dir / "checkpoint", state, config, step)
+        print(
+            f"Interrupted: saved step {step} to {run_dir / 'checkpoint'}; "
+            f"continue with --resume {run_dir}"
+        )
+    label = "rebuilt" if getattr(data, "rebuilt", False) else "official"
+    plot_learning_curve(logger, run_dir / "learning_curve.png", title=f"{title} ({label} data)")
+    if first_block_s is not None:
+        print(
+            f"first block (compile + {block_size} steps) {first_block_s:.1f}s; "
+            f"run directory {run_dir}"
+        )
+    return state, step

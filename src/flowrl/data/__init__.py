@@ -1,24 +1,68 @@
-"""Offline data: the on-device dataset, the RQL window sampler, and OGBench loading and
-rebuilding (OGBench itself is imported only when a loader is called)."""
+"""Offline data: the on-device dataset, the RQL window sampler, OGBench loading, offline
+rebuilding (`python -m flowrl.data.rebuild`) and sharded datasets. OGBench itself is imported
+only when a loader is called."""
+
+from typing import Any
 
 from ._dataset import Dataset as Dataset
 from ._ogbench import DatasetFileError as DatasetFileError
 from ._ogbench import OGBenchData as OGBenchData
+from ._ogbench import OGBenchFileInfo as OGBenchFileInfo
+from ._ogbench import OGBenchName as OGBenchName
+from ._ogbench import dataset_paths as dataset_paths
+from ._ogbench import known_families as known_families
 from ._ogbench import load_ogbench as load_ogbench
 from ._ogbench import parse_ogbench_name as parse_ogbench_name
+from ._ogbench import required_keys as required_keys
+from ._ogbench import resolve_dataset_dir as resolve_dataset_dir
+from ._ogbench import task_success_fractions as task_success_fractions
+from ._ogbench import validate_ogbench_file as validate_ogbench_file
+from ._prepare import load_or_rebuild as load_or_rebuild
 from ._sampler import Windows as Windows
 from ._sampler import sample_windows as sample_windows
 from ._sampler import window_indices as window_indices
-from .rebuild import rebuild_dataset as rebuild_dataset
+from ._shards import OGBenchShardLoader as OGBenchShardLoader
+from ._shards import ShardStream as ShardStream
+from ._shards import find_shards as find_shards
+from ._shards import load_shard as load_shard
+from ._shards import ogbench_shard_dir as ogbench_shard_dir
+from ._shards import open_ogbench_shards as open_ogbench_shards
+from ._shards import save_shard as save_shard
+
+
+def __getattr__(name: str) -> Any:
+    # `flowrl.data.rebuild` is also run as `python -m flowrl.data.rebuild`; importing it eagerly
+    # here would make Python warn on every such run, so it is loaded on first use.
+    if name == "rebuild_dataset":
+        from .rebuild import rebuild_dataset
+
+        return rebuild_dataset
+    raise AttributeError(f"module 'flowrl.data' has no attribute {name!r}")
+
 
 __all__ = [
     "Dataset",
     "DatasetFileError",
     "OGBenchData",
+    "OGBenchFileInfo",
+    "OGBenchName",
+    "OGBenchShardLoader",
+    "ShardStream",
     "Windows",
+    "dataset_paths",
+    "find_shards",
+    "known_families",
     "load_ogbench",
+    "load_or_rebuild",
+    "load_shard",
+    "ogbench_shard_dir",
+    "open_ogbench_shards",
     "parse_ogbench_name",
-    "rebuild_dataset",
+    "required_keys",
+    "resolve_dataset_dir",
     "sample_windows",
+    "save_shard",
+    "task_success_fractions",
+    "validate_ogbench_file",
     "window_indices",
 ]

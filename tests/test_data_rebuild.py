@@ -1,0 +1,235 @@
+"""The offline rebuild: file format, determinism across worker counts, atomic writes, refusals,
+and the scripted oracle solving the evaluation task (a random policy does not)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flowrl.data._ogbench import DATASET_DIR_ENV
+from flowrl.data.rebuild import (
+    ZIP_DATE_TIME,
+    RebuildNotSupportedError,
+    main,
+    plan_rebuild,
+    write_npz,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# ------------------------------------------------------------------------------------------
+# Plans and refusals (no OGBench needed).
+
+
+def test_plan_defaults_follow_the_official_datasets():
+    p = plan_rebuild("cube-single-play-v0")
+    assert (p.env_id, p.episodes, p.val_episodes, p.steps_per_episode) == (
+        "cube-single-v0", 1000, 100, 1001,
+    )  # fmt: skip
+    assert plan_rebuild("cube-triple-play-v0").episodes == 3000
+    assert plan_rebuild("puzzle-4x4-noisy-v0").env_id == "puzzle-4x4-v0"
+    assert plan_rebuild("scene-play-singletask-task3-v0").dataset == "scene-play-v0"
+    giant = plan_rebuild("pointmaze-giant-navigate-v0")
+    assert (giant.episodes, giant.steps_per_episode) == (500, 2001)
+    assert plan_rebuild("pointmaze-medium-stitch-v0").steps_per_episode == 201
+    small = plan_rebuild("cube-single-play-v0", episodes=7, steps_per_episode=11, seed=3)
+    assert (small.episodes, small.val_episodes, small.steps_per_episode, small.seed) == (
+        7,
+        1,
+        11,
+        3,
+    )
+    assert plan_rebuild("cube-single-play-v0", episodes=25).val_episodes == 2
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "antmaze-large-navigate-v0",
+        "humanoidmaze-medium-navigate-v0",
+        "antsoccer-arena-navigate-v0",
+        "antmaze-medium-explore-v0",
+    ],
+)
+def test_expert_policy_datasets_are_refused(name):
+    with pytest.raises(RebuildNotSupportedError, match="trained expert policies"):
+        plan_rebuild(name)
+
+
+def test_other_refusals():
+    with pytest.raises(RebuildNotSupportedError, match="cannot be rebuilt by flowrl"):
+        plan_rebuild("visual-cube-single-play-v0")
+    with pytest.raises(ValueError, match="unknown OGBench dataset name"):
+        plan_rebuild("cube-single-v0")
+    with pytest.raises(ValueError, match="episodes must be at least 1"):
+        plan_rebuild("cube-single-play-v0", episodes=0)
+
+
+def test_cli_refuses_with_a_message(tmp_path, capsys):
+    assert main(["antmaze-large-navigate-v0", "--dir", str(tmp_path)]) == 2
+    assert "trained expert policies" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_npz_is_deterministic_and_loadable(tmp_path):
+    arrays = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.array([True, False])}
+    write_npz(tmp_path / "x.npz", arrays)
+    write_npz(tmp_path / "y.npz", arrays)
+    assert (tmp_path / "x.npz").read_bytes() == (tmp_path / "y.npz").read_bytes()
+    with zipfile.ZipFile(tmp_path / "x.npz") as zf:
+        assert [i.date_time for i in zf.infolist()] == [ZIP_DATE_TIME] * 2
+    with np.load(tmp_path / "x.npz") as f:
+        np.testing.assert_array_equal(f["a"], arrays["a"])
+        assert f["b"].dtype == np.bool_
+
+
+# ------------------------------------------------------------------------------------------
+# Real rebuilds (tiny).
+
+
+def test_tiny_files_have_the_official_format(tiny_cube_dir):
+    with np.load(tiny_cube_dir / "cube-single-play-v0.npz") as f:
+        files = {k: f[k] for k in f.files}
+    assert sorted(files) == ["actions", "observations", "qpos", "qvel", "terminals"]
+    n = 4 * 101
+    assert files["observations"].shape == (n, 28) and files["observations"].dtype == np.float32
+    assert files["actions"].shape == (n, 5) and files["actions"].dtype == np.float32
+    assert files["terminals"].dtype == np.bool_
+    np.testing.assert_array_equal(np.flatnonzero(files["terminals"]), np.arange(100, n, 101))
+    assert files["qpos"].dtype == np.float32 and files["qvel"].dtype == np.float32
+    assert np.abs(files["actions"]).max() <= 1.0
+    # qpos is the state that belongs to observations[t]: the cube position matches.
+    cube_xyz = (files["observations"][:, 19:22] / 10.0) + np.array([0.425, 0.0, 0.0])
+    np.testing.assert_allclose(cube_xyz, files["qpos"][:, 14:17], atol=1e-5)
+    with np.load(tiny_cube_dir / "cube-single-play-v0-val.npz") as f:
+        assert f["observations"].shape == (101, 28) and f["terminals"].sum() == 1
+    meta = json.loads((tiny_cube_dir / "cube-single-play-v0.flowrl-rebuild.json").read_text())
+    assert (meta["seed"], meta["episodes"], meta["val_episodes"], meta["steps_per_episode"]) == (
+        0, 4, 1, 101,
+    )  # fmt: skip
+    assert meta["workers"] == 1 and meta["steps_per_second"] > 0
+    assert {"flowrl", "ogbench", "mujoco", "numpy"} <= set(meta["versions"])
+    assert "NOT THE OFFICIAL" in meta["note"] and meta["command"]
+    assert meta["generator"] == {"oracle": "plan", "noise": 0.1, "noise_smoothing": 0.5}
+
+
+def _build(directory, workers, seed=0, **kw):
+    from flowrl.data.rebuild import rebuild_dataset
+
+    kw = {"episodes": 2, "val_episodes": 1, "steps_per_episode": 41} | kw
+    return rebuild_dataset(
+        "cube-single-play-v0",
+        workers=workers,
+        dataset_dir=directory,
+        seed=seed,
+        progress=False,
+        **kw,
+    )
+
+
+def _bytes(directory):
+    return [
+        (directory / f).read_bytes()
+        for f in ("cube-single-play-v0.npz", "cube-single-play-v0-val.npz")
+    ]
+
+
+def test_same_seed_same_bytes_for_any_worker_count(tmp_path):
+    pytest.importorskip("ogbench")
+    a, b, c, d = (tmp_path / x for x in "abcd")
+    _build(a, workers=1)
+    _build(b, workers=1)
+    _build(c, workers=2)
+    _build(d, workers=1, seed=1)
+    assert _bytes(a) == _bytes(b) == _bytes(c)
+    assert _bytes(d)[0] != _bytes(a)[0]
+    # Episodes depend only on (seed, split, index): a longer build starts with the shorter one.
+    e = tmp_path / "e"
+    _build(e, workers=1, episodes=3)
+    with np.load(a / "cube-single-play-v0.npz") as f2, np.load(e / "cube-single-play-v0.npz") as f3:
+        np.testing.assert_array_equal(f3["observations"][: 2 * 41], f2["observations"])
+    assert _bytes(e)[1] == _bytes(a)[1]  # the validation episodes do not move
+
+
+def test_refuses_to_overwrite_unless_asked(tiny_cube_dir, tmp_path):
+    pytest.importorskip("ogbench")
+    before = {p.name: p.read_bytes() for p in tiny_cube_dir.iterdir()}
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        _build(tiny_cube_dir, workers=1)
+    assert {p.name: p.read_bytes() for p in tiny_cube_dir.iterdir()} == before
+    # A lone rebuild record also counts as existing.
+    (tmp_path / "cube-single-play-v0.flowrl-rebuild.json").write_text("{}")
+    with pytest.raises(FileExistsError):
+        _build(tmp_path, workers=1)
+    result = _build(tmp_path, workers=1, overwrite=True, episodes=1, steps_per_episode=11)
+    assert result.metadata["episodes"] == 1
+    assert json.loads(result.metadata_path.read_text())["episodes"] == 1
+
+
+def test_a_failed_run_leaves_nothing_behind(tmp_path, monkeypatch):
+    pytest.importorskip("ogbench")
+    import flowrl.data.rebuild as rb
+
+    def boom():
+        raise RuntimeError("disk full (simulated)")
+
+    monkeypatch.setattr(rb, "_versions", boom)  # fails after both temporary files are written
+    with pytest.raises(RuntimeError, match="simulated"):
+        _build(tmp_path, workers=1, episodes=1, steps_per_episode=11)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_run_leaves_no_final_file(tmp_path):
+    pytest.importorskip("ogbench")
+    cmd = [sys.executable, "-m", "flowrl.data.rebuild", "cube-single-play-v0", "--episodes", "50"]
+    cmd += ["--dir", str(tmp_path), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "MUJOCO_GL": "disable"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(4.0)
+    assert proc.poll() is None, proc.communicate()  # still generating when killed
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    names = [p.name for p in tmp_path.iterdir()]
+    assert not any(n.endswith((".npz", ".json")) for n in names), names
+
+
+def test_cli_builds_into_env_var_dir(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ogbench")
+    monkeypatch.setenv(DATASET_DIR_ENV, str(tmp_path))
+    argv = ["pointmaze-medium-navigate-v0", "--episodes", "2", "--val-episodes", "1"]
+    argv += ["--steps-per-episode", "51", "--seed", "5", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "environment steps/s" in out
+    meta = json.loads((tmp_path / "pointmaze-medium-navigate-v0.flowrl-rebuild.json").read_text())
+    assert meta["seed"] == 5 and meta["command"].startswith("python -m flowrl.data.rebuild")
+    with np.load(tmp_path / "pointmaze-medium-navigate-v0.npz") as f:
+        assert f["observations"].shape == (102, 2) and f["actions"].shape == (102, 2)
+        np.testing.assert_allclose(f["qpos"], f["observations"])
+    from flowrl.data._ogbench import load_ogbench
+
+    data = load_ogbench("pointmaze-medium-navigate-singletask-task1-v0")
+    assert data.rebuilt and data.train.size == 100
+    data.env.close()
+
+
+# ------------------------------------------------------------------------------------------
+# The oracle in the evaluation environment.
+
+
+def test_scripted_oracle_solves_the_default_task_and_random_does_not():
+    pytest.importorskip("ogbench")
+    from flowrl.data.rebuild import evaluate_scripted_policy
+
+    name = "cube-single-play-singletask-v0"  # the default task, task2
+    assert evaluate_scripted_policy(name, policy="oracle", episodes=3, seed=0) == [True] * 3
+    assert evaluate_scripted_policy(name, policy="random", episodes=2, seed=0) == [False] * 2
+    with pytest.raises(ValueError, match="cube-single"):
+        evaluate_scripted_policy("cube-double-play-singletask-v0")
