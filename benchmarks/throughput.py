@@ -1,0 +1,203 @@
+"""Throughput of the RQL update (examples/rql_ogbench.py) against the machine's matmul ceiling.
+
+    python benchmarks/throughput.py                      # all cases, table + JSON
+    python benchmarks/throughput.py --cases paper-manip  # one case
+    python benchmarks/throughput.py --json out.json
+
+For each case: gradient steps per second of the jitted, scan-fused training block (median over
+repeats, after a warm-up block), compile time (first call minus a steady call), FLOP per update
+(XLA's cost analysis of the compiled block), achieved FLOP/s, peak host memory (max RSS of this
+process), device memory where a GPU is present, and the float32 matmul ceiling measured in the
+same run on the critic's layer shapes. Cases:
+
+- `paper-manip`: 4 x 512 MLPs, K = 10, batch 256, F = 10, obs 37, action 5, h = 5
+- `paper-loco`: same size, obs 29, action 8, h = 1
+- `cpu-default`: the example's CPU preset (2 x 256, K = 2), obs 28, action 5, h = 5
+
+Data are synthetic (random windows of 1000-step trajectories): throughput does not depend on
+their values. Report the machine with the figures; on a shared machine the numbers drop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+import rql_ogbench as rql  # noqa: E402
+
+from flowrl.data import Dataset  # noqa: E402
+
+CASES = {
+    "paper-manip": dict(size="paper", obs=37, act=5, horizon=5),
+    "paper-loco": dict(size="paper", obs=29, act=8, horizon=1),
+    "cpu-default": dict(size="cpu", obs=28, act=5, horizon=5),
+}
+
+
+def synthetic_dataset(obs: int, act: int, n: int = 20_000, episode: int = 1000) -> Dataset:
+    rng = np.random.default_rng(0)
+    terminals = np.zeros(n, np.float32)
+    terminals[episode - 1 :: episode] = 1
+    return Dataset.from_arrays(
+        dict(
+            observations=rng.normal(size=(n, obs)).astype(np.float32),
+            next_observations=rng.normal(size=(n, obs)).astype(np.float32),
+            actions=rng.uniform(-1, 1, (n, act)).astype(np.float32),
+            rewards=-rng.integers(0, 2, n).astype(np.float32),
+            masks=np.ones(n, np.float32),
+            terminals=terminals,
+        )
+    )
+
+
+def matmul_ceiling(rows: int, width: int, members: int, repeats: int = 20) -> float:
+    """FLOP/s of a float32 batched matmul shaped like one critic hidden layer of the ensemble:
+    (members, rows, width) @ (members, width, width)."""
+    k1, k2 = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(k1, (members, rows, width))
+    w = jax.random.normal(k2, (members, width, width))
+
+    @jax.jit
+    def chain(x, w):  # 8 dependent matmuls per call to amortise dispatch
+        for _ in range(8):
+            x = jnp.tanh(jnp.einsum("kbi,kio->kbo", x, w) * 0.03)
+        return x
+
+    jax.block_until_ready(chain(x, w))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(chain(x, w))
+        times.append(time.perf_counter() - t0)
+    return 8 * 2 * members * rows * width * width / float(np.median(times))
+
+
+def device_memory() -> dict | None:
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        return None
+    stats = dev.memory_stats() or {}
+    return {k: stats.get(k) for k in ("peak_bytes_in_use", "bytes_limit")}
+
+
+def run_case(name: str, block: int, repeats: int) -> dict:
+    spec = CASES[name]
+    cfg = rql.resolve(
+        dataclasses.replace(
+            rql.Config(),
+            size=spec["size"],
+            horizon=spec["horizon"],
+            alpha=1.0,
+            kappa=0.9,
+            rho=0.5,
+            discount=0.99,
+            sparse_reward=False,
+            block=block,
+            steps=block,
+            eval_every=block,
+        )
+    )
+    hp, opt = rql.hyper(cfg), rql.make_optimizer(cfg)
+    ds = synthetic_dataset(spec["obs"], spec["act"])
+    state = rql.init_state(cfg, ds.obs_dim, cfg.horizon * ds.action_dim, jax.random.key(0))
+    fn = rql.make_block(hp, opt, block)
+    t0 = time.perf_counter()
+    state, metrics = fn(ds, state)
+    jax.block_until_ready(metrics)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state, metrics = fn(ds, state)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    per_block = float(np.median(times))
+    flops = cost_flops(hp, opt, ds, state) / 1  # per update
+    ceiling = matmul_ceiling(cfg.batch_size, cfg.hidden[0], cfg.num_critics)
+    steps_per_s = block / per_block
+    return {
+        "case": name,
+        "hidden": list(cfg.hidden),
+        "num_critics": cfg.num_critics,
+        "batch_size": cfg.batch_size,
+        "flow_steps": cfg.flow_steps,
+        "obs_dim": spec["obs"],
+        "action_dim": spec["act"],
+        "horizon": cfg.horizon,
+        "block": block,
+        "repeats": repeats,
+        "steps_per_s": steps_per_s,
+        "ms_per_step": 1e3 / steps_per_s,
+        "compile_s": first - per_block,
+        "gflop_per_step": flops / 1e9,
+        "achieved_gflops": flops * steps_per_s / 1e9,
+        "ceiling_gflops": ceiling / 1e9,
+        "fraction_of_ceiling": flops * steps_per_s / ceiling,
+        "peak_host_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device_memory": device_memory(),
+    }
+
+
+def cost_flops(hp, opt, ds, state) -> float:
+    """FLOP of one update from XLA's cost analysis of a one-step block."""
+    one = rql.make_block(hp, opt, 1)
+    compiled = one.lower(ds, state).compile()  # filter_jit exposes lower()
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):
+        analysis = analysis[0]
+    return float(analysis["flops"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="RQL update throughput")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--block", type=int, default=20, help="updates per jitted call")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per case")
+    parser.add_argument("--json", type=str, default=None, help="also write the results here")
+    args = parser.parse_args()
+    dev = jax.devices()[0]
+    header = {
+        "device": f"{dev.platform}: {dev.device_kind}",
+        "devices": jax.device_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "jax": jax.__version__,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    print(json.dumps(header))
+    rows = [run_case(c, args.block, args.repeats) for c in args.cases]
+    cols = (
+        "case",
+        "steps_per_s",
+        "ms_per_step",
+        "compile_s",
+        "gflop_per_step",
+        "achieved_gflops",
+        "ceiling_gflops",
+        "fraction_of_ceiling",
+        "peak_host_mb",
+    )
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print(
+            "| " + " | ".join(r[c] if isinstance(r[c], str) else f"{r[c]:.3g}" for c in cols) + " |"
+        )
+    out = {"machine": header, "results": rows}
+    print(json.dumps(out, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
