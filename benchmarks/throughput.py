@@ -150,10 +150,9 @@ def run_case(name: str, block: int, repeats: int) -> dict:
 
 
 def cost_flops(hp, opt, ds, state) -> float:
-    """FLOP of one update from XLA's cost analysis of a one-step block."""
-    one = rql.make_block(hp, opt, 1)
-    compiled = one.lower(ds, state).compile()  # filter_jit exposes lower()
-    analysis = compiled.cost_analysis()
+    """FLOP of one update from XLA's cost analysis of the compiled training step."""
+    step = jax.jit(lambda d, st: rql.train_step(st, d, hp, opt))
+    analysis = step.lower(ds, state).compile().cost_analysis()
     if isinstance(analysis, list):
         analysis = analysis[0]
     return float(analysis["flops"])

@@ -22,12 +22,32 @@ def _ensemble(in_size: int, hidden_sizes, num_members: int, layer_norm: bool, ke
     return make(jax.random.split(key, num_members))
 
 
-def _members_apply(members: MLP, inputs: Float[Array, " I"]) -> Float[Array, " K"]:
-    @eqx.filter_vmap(in_axes=(eqx.if_array(0), None))
-    def apply(member, z):
-        return member(z)[0]
+def _layer_norm(h: Float[Array, "K W"], norm: eqx.nn.LayerNorm) -> Float[Array, "K W"]:
+    # eqx.nn.LayerNorm's maths over the last axis, for K stacked members at once.
+    mean = jnp.mean(h, axis=-1, keepdims=True)
+    centred = h - mean
+    var = jnp.mean(centred * centred, axis=-1, keepdims=True)
+    return centred * jax.lax.rsqrt(var + norm.eps) * norm.weight + norm.bias
 
-    return apply(members, inputs)
+
+def _members_apply(members: MLP, z: Float[Array, " I"]) -> Float[Array, " K"]:
+    """Every member of a stacked MLP on the same input: `(K,)` outputs.
+
+    The same maths as calling each member's [`flowrl.MLP`][] (tested), written as explicit
+    ensemble einsums: under an outer `vmap` over the batch XLA then sees one batched matmul per
+    layer. On a 2-core CPU this is about 25-30 % faster than `eqx.filter_vmap` over members of
+    `eqx.nn.Linear` layers, forward and backward (benchmarks/throughput.py, docs).
+    """
+    h = z
+    last = len(members.layers) - 1
+    for i, layer in enumerate(members.layers):
+        spec = "i,koi->ko" if i == 0 else "ki,koi->ko"
+        h = jnp.einsum(spec, h, layer.weight) + layer.bias
+        if i < last:
+            h = jax.nn.gelu(h)
+            if members.layer_norm:
+                h = _layer_norm(h, members.norms[i])
+    return h[:, 0]
 
 
 class JointCritic(eqx.Module):
