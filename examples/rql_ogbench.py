@@ -83,6 +83,11 @@ class Config:
     """'paper': 4x512 MLPs, K=10, 1M steps, eval every 100k with 50 episodes; 'cpu': small."""
     seed: int = 0
     """Seed of everything: initialisation, batches, draws and evaluation episodes."""
+    seeds: tuple[int, ...] | None = None
+    """Train these seeds at once in one process (vmap over the learner state); overrides
+    --seed. Logs go to <run-dir>/seed<s>/; the seed axis is split over all devices."""
+    distributed: bool = False
+    """Call jax.distributed.initialize() first (multi-host clusters; see the docs)."""
     steps: int | None = None
     """Total gradient steps (preset)."""
     batch_size: int | None = None
@@ -146,7 +151,16 @@ class Config:
 
 
 # Fields a resumed run may change without breaking bitwise reproducibility.
-RESUMABLE = ("steps", "run_dir", "resume", "tensorboard", "track", "video_episodes", "progress")
+RESUMABLE = (
+    "steps",
+    "run_dir",
+    "resume",
+    "tensorboard",
+    "track",
+    "video_episodes",
+    "progress",
+    "distributed",
+)
 
 
 class Hyper(NamedTuple):
@@ -354,12 +368,16 @@ def train_step(state: RQLState, dataset: Dataset, hp: Hyper, opt):
     return update(eqx.tree_at(lambda s: s.key, state, key), batch, draws, hp, opt)
 
 
-def make_block(hp: Hyper, opt, num_steps: int):
-    """One jitted call = `num_steps` updates in a lax.scan; the state buffers are donated."""
+def make_block(hp: Hyper, opt, num_steps: int, *, seeds: bool = False):
+    """One jitted call = `num_steps` updates in a lax.scan; the state buffers are donated.
+    With `seeds=True` the state has a leading seed axis and every step is vmapped over it."""
+    step = lambda state, dataset: train_step(state, dataset, hp, opt)
+    if seeds:
+        step = eqx.filter_vmap(step, in_axes=(0, None))
 
     @eqx.filter_jit(donate="all-except-first")
     def block(dataset: Dataset, state: RQLState):
-        return flowrl.scan_block(lambda s: train_step(s, dataset, hp, opt), state, num_steps)
+        return flowrl.scan_block(lambda s: step(s, dataset), state, num_steps)
 
     return block
 
@@ -404,13 +422,16 @@ def make_acting(hp: Hyper, action_dim: int):
 
 
 def train(cfg: Config) -> Path:
+    if cfg.distributed:
+        jax.distributed.initialize()  # coordinator, process count and id from the cluster env
     if cfg.resume:  # the saved config, except the run-control fields given now
         cfg = flowrl.restore_config(cfg, cfg.resume, RESUMABLE)
     cfg = resolve(cfg)
     run_dir = Path(
         cfg.resume
         or cfg.run_dir
-        or f"runs/{cfg.env_name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        or f"runs/{cfg.env_name}-s{'_'.join(map(str, cfg.seeds or [cfg.seed]))}"
+        f"-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     data = load_or_rebuild(
         cfg.env_name,
@@ -421,10 +442,17 @@ def train(cfg: Config) -> Path:
         progress=cfg.progress,
     )
     hp, opt, act_dim = hyper(cfg), make_optimizer(cfg), data.train.action_dim
-    state = init_state(cfg, data.train.obs_dim, cfg.horizon * act_dim, jax.random.key(cfg.seed))
+    dims = (data.train.obs_dim, cfg.horizon * act_dim)
+    if cfg.seeds:  # a stacked state, seed axis first, split over the devices
+        keys = jnp.stack([jax.random.key(s) for s in cfg.seeds])
+        state = eqx.filter_vmap(lambda k: init_state(cfg, *dims, k))(keys)
+        if jax.device_count() > 1:
+            state = flowrl.shard_seeds(state, flowrl.seed_mesh())
+    else:
+        state = init_state(cfg, *dims, jax.random.key(cfg.seed))
     flowrl.train_loop(
         state,
-        make_block(hp, opt, cfg.block),
+        make_block(hp, opt, cfg.block, seeds=bool(cfg.seeds)),
         data=data,
         policy=make_acting(hp, act_dim),
         validate=make_validation(hp),
@@ -434,14 +462,14 @@ def train(cfg: Config) -> Path:
         block_size=cfg.block,
         eval_every=cfg.eval_every,
         eval_episodes=cfg.eval_episodes,
-        seed=cfg.seed,
+        seed=cfg.seeds or cfg.seed,
         resume=bool(cfg.resume),
         may_differ=RESUMABLE,
         show_progress=cfg.progress,
         tensorboard=cfg.tensorboard,
         track=cfg.track,
         video_episodes=cfg.video_episodes,
-        title=f"RQL {cfg.env_name} seed {cfg.seed}",
+        title=f"RQL {cfg.env_name}",
     )
     return run_dir
 

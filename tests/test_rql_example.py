@@ -74,3 +74,14 @@ def test_incompatible_checkpoint_is_refused(tiny_cube_dir, tmp_path):
         flowrl.load_checkpoint(
             run / "checkpoint", like, dataclasses.asdict(cfg), may_differ=rql.RESUMABLE
         )
+
+
+def test_two_seeds_in_one_process_log_separately(tiny_cube_dir, tmp_path):
+    run = rql.train(tiny(tiny_cube_dir, tmp_path / "seeds", steps=100, seeds=(0, 1)))
+    for s in (0, 1):
+        log = flowrl.CSVLogger(run / f"seed{s}")
+        assert [r["step"] for r in log.read("eval")] == [0, 100]
+        assert [r["step"] for r in log.read("train")] == [100]
+        assert (run / f"seed{s}" / "learning_curve.png").exists()
+    losses = [flowrl.CSVLogger(run / f"seed{s}").read("train")[0]["critic_loss"] for s in (0, 1)]
+    assert losses[0] != losses[1]  # separate RNG streams

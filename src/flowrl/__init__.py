@@ -22,6 +22,9 @@ from ._critics import ensemble_min as ensemble_min
 from ._critics import joint_critic as joint_critic
 from ._draws import flow_matching_draws as flow_matching_draws
 from ._draws import reversal_depths as reversal_depths
+from ._distributed import same_placement as same_placement
+from ._distributed import seed_mesh as seed_mesh
+from ._distributed import shard_seeds as shard_seeds
 from ._evaluation import EvalResult as EvalResult
 from ._evaluation import evaluate as evaluate
 from ._experiment import CheckpointError as CheckpointError
@@ -79,6 +82,9 @@ __all__ = [
     "plot_learning_curve",
     "progress",
     "restore_config",
+    "same_placement",
+    "seed_mesh",
+    "shard_seeds",
     "save_checkpoint",
     "save_video",
     "scan_block",

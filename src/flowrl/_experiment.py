@@ -9,14 +9,16 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from ._distributed import same_placement
 from ._evaluation import evaluate
 
 S = TypeVar("S")
@@ -366,6 +368,10 @@ def restore_config(given: Any, run_dir: str | os.PathLike[str], keep: tuple[str,
     )
 
 
+def _seed_slice(tree: S, i: int) -> S:
+    return jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, tree)
+
+
 def train_loop(
     state: S,
     block: Callable[[Any, S], tuple[S, dict[str, jax.Array]]],
@@ -378,7 +384,7 @@ def train_loop(
     block_size: int,
     eval_every: int,
     eval_episodes: int,
-    seed: int,
+    seed: int | Sequence[int],
     validate: Callable[[Any, S, jax.Array], dict[str, jax.Array]] | None = None,
     resume: bool = False,
     may_differ: tuple[str, ...] = (),
@@ -399,7 +405,13 @@ def train_loop(
     the policy ([`flowrl.evaluate`][]) into `eval.csv` and saves a checkpoint. Ctrl-C finishes
     the current block, saves, and returns. At the end a learning curve is plotted.
 
-    Random streams: evaluation and validation draw from keys derived from `seed` and the
+    **Several seeds in one process.** With `seed` a sequence of `S` seeds, `state` carries a
+    leading axis of size `S` (built with `vmap`), `block` must update all seeds at once (a
+    `vmap` of the single-seed step inside the scan) and return metrics shaped `(steps, S)`;
+    `validate` is vmapped here. Logs go to `run_dir/seed<s>/`, each seed is evaluated with
+    exactly the random streams of a single-seed run, and one checkpoint holds all seeds.
+
+    Random streams: evaluation and validation draw from keys derived from the seed and the
     step, never from the learner's state, so a resumed run is bitwise identical to an
     uninterrupted one.
 
@@ -408,11 +420,13 @@ def train_loop(
     - `state`: the initial learner state (or a template of it when resuming).
     - `block`: `block(dataset, state) -> (state, metrics)`, jitted, state donated.
     - `data`: an [`flowrl.data.OGBenchData`][] (`train`, `val`, `env`, `rebuilt`, ...).
-    - `policy`: `policy(state, observation, key) -> actions` of shape `(h, action_dim)`.
+    - `policy`: `policy(state, observation, key) -> actions` of shape `(h, action_dim)` for
+      ONE seed's state.
     - `run_dir`: where logs, config and checkpoints go.
     - `config`: the run's config as a JSON-able mapping (saved and checked on resume).
-    - `steps`, `block_size`, `eval_every`, `eval_episodes`, `seed`: the budget.
-    - `validate`: `validate(dataset, state, key) -> metrics`, or `None`.
+    - `steps`, `block_size`, `eval_every`, `eval_episodes`: the budget.
+    - `seed`: an int, or a sequence of seeds for a stacked state.
+    - `validate`: `validate(dataset, state, key) -> metrics` for one seed, or `None`.
     - `resume`: load `run_dir/checkpoint` first; `may_differ` lists the config fields a
       resumed run may change.
     - `show_progress`, `tensorboard`, `track`, `video_episodes`, `title`: outputs.
@@ -422,11 +436,18 @@ def train_loop(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = dict(config)
-    logger = CSVLogger(run_dir)
+    stacked = not isinstance(seed, int)
+    seeds = [int(x) for x in seed] if stacked else [int(seed)]
+    dirs = [run_dir / f"seed{x}" for x in seeds] if stacked else [run_dir]
+    loggers = [CSVLogger(d) for d in dirs]
     start = 0
     if resume:
-        state, start = load_checkpoint(run_dir / "checkpoint", state, config, may_differ=may_differ)
-        logger.truncate_after(start)
+        loaded, start = load_checkpoint(
+            run_dir / "checkpoint", state, config, may_differ=may_differ
+        )
+        state = same_placement(loaded, state)  # keep the template's devices / shardings
+        for logger in loggers:
+            logger.truncate_after(start)
         print(f"Resumed {run_dir} at step {start}")
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     record = {
@@ -436,33 +457,43 @@ def train_loop(
         "rebuild_record": getattr(data, "metadata", None),
     }
     (run_dir / "data.json").write_text(json.dumps(record, indent=2, default=str))
-    writers = ExtraWriters(run_dir, config, tensorboard=tensorboard, track=track)
+    writers = [
+        ExtraWriters(d, config, tensorboard=tensorboard, track=track and i == 0)
+        for i, d in enumerate(dirs)
+    ]
+    if validate is not None and stacked:
+        validate = eqx.filter_vmap(validate, in_axes=(None, 0, 0))
     stop = {"now": False}
     previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     bar = progress(steps, start, enabled=show_progress)
 
-    def log(split, step, row):
-        logger.log(split, step, row)
-        writers.log(split, step, row)
+    def log(split, step, rows):
+        for logger, writer, row in zip(loggers, writers, rows, strict=True):
+            logger.log(split, step, row)
+            writer.log(split, step, row)
 
     def evaluate_and_save(step):
-        key = jax.random.fold_in(jax.random.key(seed + 1), step)
-        result = evaluate(
-            data.env,
-            lambda obs, i: policy(state, obs, jax.random.fold_in(key, i)),
-            eval_episodes,
-            seed=10_000 * seed + step // block_size,
-            render_episodes=video_episodes,
-        )
-        if result.frames:
-            save_video(result.frames, run_dir / "videos" / f"eval_{step:08d}.mp4")
-        log("eval", step, result.as_dict())
+        results = []
+        for i, s in enumerate(seeds):
+            one = _seed_slice(state, i) if stacked else state
+            key = jax.random.fold_in(jax.random.key(s + 1), step)
+            result = evaluate(
+                data.env,
+                lambda obs, j, one=one, key=key: policy(one, obs, jax.random.fold_in(key, j)),
+                eval_episodes,
+                seed=10_000 * s + step // block_size,
+                render_episodes=video_episodes,
+            )
+            if result.frames:
+                save_video(result.frames, dirs[i] / "videos" / f"eval_{step:08d}.mp4")
+            results.append(result)
+        log("eval", step, [r.as_dict() for r in results])
         save_checkpoint(run_dir / "checkpoint", state, config, step)
-        return result
+        return float(np.mean([r.success for r in results]))
 
+    first_block_s, step = None, start
     try:
-        last_eval = evaluate_and_save(0) if start == 0 else None
-        step, first_block_s = start, None
+        success = evaluate_and_save(0) if start == 0 else None
         while step < steps and not stop["now"]:
             t0 = time.perf_counter()
             new_state, metrics = block(data.train, state)
@@ -471,32 +502,43 @@ def train_loop(
             state, step = new_state, step + block_size
             elapsed = time.perf_counter() - t0
             first_block_s = elapsed if first_block_s is None else first_block_s
-            row = {k: float(np.mean(v)) for k, v in metrics.items()}
-            row["steps_per_s"] = block_size / elapsed
-            log("train", step, row)
+            rows = [
+                {
+                    k: float(np.mean(np.asarray(v)[:, i] if stacked else v))
+                    for k, v in metrics.items()
+                }
+                for i in range(len(seeds))
+            ]
+            for row in rows:
+                row["steps_per_s"] = block_size / elapsed
+            log("train", step, rows)
             if validate is not None:
-                vkey = jax.random.fold_in(jax.random.key(seed + 2), step)
+                keys = [jax.random.fold_in(jax.random.key(s + 2), step) for s in seeds]
+                out = jax.device_get(
+                    validate(data.val, state, jnp.stack(keys) if stacked else keys[0])
+                )
                 log(
                     "val",
                     step,
-                    {
-                        k: float(v)
-                        for k, v in jax.device_get(validate(data.val, state, vkey)).items()
-                    },
+                    [
+                        {k: float(np.asarray(v)[i] if stacked else v) for k, v in out.items()}
+                        for i in range(len(seeds))
+                    ],
                 )
             if step % eval_every == 0 or step >= steps:
-                last_eval = evaluate_and_save(step)
+                success = evaluate_and_save(step)
             bar.update(
                 block_size,
-                steps_per_s=row["steps_per_s"],
-                critic=row.get("critic_loss"),
-                bc=row.get("bc_loss"),
-                success=None if last_eval is None else last_eval.success,
+                steps_per_s=rows[0]["steps_per_s"],
+                critic=rows[0].get("critic_loss"),
+                bc=rows[0].get("bc_loss"),
+                success=success,
             )
     finally:
         bar.close()
         signal.signal(signal.SIGINT, previous_handler)
-        writers.close()
+        for writer in writers:
+            writer.close()
     if stop["now"]:
         save_checkpoint(run_dir / "checkpoint", state, config, step)
         print(
@@ -504,7 +546,10 @@ def train_loop(
             f"continue with --resume {run_dir}"
         )
     label = "rebuilt" if getattr(data, "rebuilt", False) else "official"
-    plot_learning_curve(logger, run_dir / "learning_curve.png", title=f"{title} ({label} data)")
+    for s, d, logger in zip(seeds, dirs, loggers, strict=True):
+        plot_learning_curve(
+            logger, d / "learning_curve.png", title=f"{title} seed {s} ({label} data)"
+        )
     if first_block_s is not None:
         print(
             f"first block (compile + {block_size} steps) {first_block_s:.1f}s; "

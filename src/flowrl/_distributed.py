@@ -1,0 +1,53 @@
+"""Spreading independent seeds over devices with JAX's own sharding machinery."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import equinox as eqx
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+T = TypeVar("T")
+
+
+def seed_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A one-axis device mesh named `"seed"` over `devices` (default: all devices of all
+    processes, `jax.devices()`; after `jax.distributed.initialize()` that spans every host)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.array(devices), ("seed",))
+
+
+def shard_seeds(tree: T, mesh: Mesh) -> T:
+    """Place every array leaf of `tree` with its LEADING axis (the seed axis) split over the
+    mesh's `"seed"` axis; other leaves are kept. Jitted functions of the result then run each
+    device's seeds on that device (GSPMD), with no change to the maths.
+
+    **Arguments:** `tree`, a pytree whose array leaves share a leading axis of size `S`;
+    `mesh`, from [`flowrl.seed_mesh`][]. `S` must be a multiple of the number of devices.
+
+    **Returns:** the placed tree.
+    """
+    n = mesh.devices.size
+    sizes = {x.shape[0] for x in jax.tree.leaves(tree) if eqx.is_array(x) and x.ndim > 0}
+    if len(sizes) != 1:
+        raise ValueError(f"array leaves must share one leading (seed) axis; found sizes {sizes}")
+    (size,) = sizes
+    if size % n:
+        raise ValueError(
+            f"{size} seeds cannot be split evenly over {n} devices: use a multiple of {n}"
+        )
+    sharding = NamedSharding(mesh, PartitionSpec("seed"))
+    return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, tree)
+
+
+def same_placement(tree: T, like: Any) -> T:
+    """Put each array leaf of `tree` on the sharding of the matching leaf of `like` (used to
+    restore a checkpoint onto the devices of a freshly placed template)."""
+    return jax.tree.map(
+        lambda x, ref: jax.device_put(x, ref.sharding) if isinstance(ref, jax.Array) else x,
+        tree,
+        like,
+    )

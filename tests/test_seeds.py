@@ -1,0 +1,121 @@
+"""Many seeds in one process (vmap), sharded over devices, and no retracing across blocks."""
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import rql_ogbench as rql
+
+import flowrl
+from flowrl.data import Dataset
+
+SEEDS = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(0)
+    n = 500
+    obs = rng.normal(size=(n, 3)).astype(np.float32)
+    terminals = np.zeros(n, np.float32)
+    terminals[49::50] = 1
+    ds = Dataset.from_arrays(
+        dict(
+            observations=obs,
+            next_observations=np.roll(obs, -1, 0),
+            actions=rng.uniform(-1, 1, (n, 2)).astype(np.float32),
+            rewards=-rng.integers(0, 2, n).astype(np.float32),
+            masks=np.ones(n, np.float32),
+            terminals=terminals,
+        )
+    )
+    cfg = rql.resolve(
+        dataclasses.replace(
+            rql.Config(),
+            hidden=(16, 16),
+            num_critics=2,
+            batch_size=16,
+            alpha=1.0,
+            kappa=0.7,
+            rho=0.5,
+            horizon=2,
+            discount=0.99,
+            sparse_reward=False,
+            block=5,
+            steps=5,
+            eval_every=5,
+        )
+    )
+    return ds, cfg, rql.hyper(cfg), rql.make_optimizer(cfg)
+
+
+def init(cfg, ds, key):
+    return rql.init_state(cfg, ds.obs_dim, cfg.horizon * ds.action_dim, key)
+
+
+def stacked_init(cfg, ds):
+    keys = jnp.stack([jax.random.key(s) for s in SEEDS])
+    return eqx.filter_vmap(lambda k: init(cfg, ds, k))(keys)
+
+
+def arrays(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))]
+
+
+def run(block, ds, state, blocks=2):
+    for _ in range(blocks):
+        state, metrics = block(ds, state)
+    return state, metrics
+
+
+def test_vmapped_seeds_equal_separate_runs(setup):
+    ds, cfg, hp, opt = setup
+    together, metrics = run(rql.make_block(hp, opt, 5, seeds=True), ds, stacked_init(cfg, ds))
+    assert metrics["critic_loss"].shape == (5, 2)
+    single = rql.make_block(hp, opt, 5)
+    for i, s in enumerate(SEEDS):
+        alone, m = run(single, ds, init(cfg, ds, jax.random.key(s)))
+        mine = jax.tree.map(lambda x, i=i: x[i] if eqx.is_array(x) else x, together)
+        for a, b in zip(arrays(alone), arrays(mine), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(m["critic_loss"], metrics["critic_loss"][:, i], rtol=1e-4)
+    # The seeds are genuinely different runs.
+    assert not np.allclose(arrays(together)[0][0], arrays(together)[0][1])
+
+
+def test_sharded_over_two_devices_equals_unsharded(setup):
+    ds, cfg, hp, opt = setup
+    if jax.device_count() < 2:
+        pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=2 (set in conftest)")
+    block = rql.make_block(hp, opt, 5, seeds=True)
+    plain, _ = run(block, ds, stacked_init(cfg, ds))
+    placed = flowrl.shard_seeds(stacked_init(cfg, ds), flowrl.seed_mesh())
+    weight = placed.critic.members.layers[0].weight
+    assert len(weight.sharding.device_set) == 2
+    assert weight.addressable_shards[0].data.shape[0] == 1  # one seed per device
+    sharded, _ = run(block, ds, placed)
+    assert len(sharded.critic.members.layers[0].weight.sharding.device_set) == 2
+    for a, b in zip(arrays(plain), arrays(sharded), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot be split evenly"):
+        flowrl.shard_seeds({"w": jnp.zeros((3, 2))}, flowrl.seed_mesh())
+
+
+def test_no_recompilation_across_blocks(setup, monkeypatch):
+    ds, cfg, hp, opt = setup
+    traces = []
+    original = rql.train_step
+    monkeypatch.setattr(rql, "train_step", lambda *a: (traces.append(1), original(*a))[1])
+    for seeds, state in ((False, init(cfg, ds, jax.random.key(0))), (True, stacked_init(cfg, ds))):
+        block = rql.make_block(hp, opt, 5, seeds=seeds)
+        state, _ = block(ds, state)
+        assert len(traces) >= 1
+        # From now on the update may not be traced again: any retrace raises.
+        monkeypatch.setattr(rql, "train_step", eqx.debug.assert_max_traces(original, max_traces=0))
+        for _ in range(3):
+            state, _ = block(ds, state)
+        monkeypatch.setattr(rql, "train_step", lambda *a: (traces.append(1), original(*a))[1])
+        traces.clear()
