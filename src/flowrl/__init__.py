@@ -20,11 +20,11 @@ from ._critics import ensemble_lcb as ensemble_lcb
 from ._critics import ensemble_mean as ensemble_mean
 from ._critics import ensemble_min as ensemble_min
 from ._critics import joint_critic as joint_critic
-from ._draws import flow_matching_draws as flow_matching_draws
-from ._draws import reversal_depths as reversal_depths
 from ._distributed import same_placement as same_placement
 from ._distributed import seed_mesh as seed_mesh
 from ._distributed import shard_seeds as shard_seeds
+from ._draws import flow_matching_draws as flow_matching_draws
+from ._draws import reversal_depths as reversal_depths
 from ._evaluation import EvalResult as EvalResult
 from ._evaluation import evaluate as evaluate
 from ._experiment import CheckpointError as CheckpointError
