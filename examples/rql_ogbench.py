@@ -87,7 +87,13 @@ class Config:
     """Train these seeds at once in one process (vmap over the learner state); overrides
     --seed. Logs go to <run-dir>/seed<s>/; the seed axis is split over all devices."""
     distributed: bool = False
-    """Call jax.distributed.initialize() first (multi-host clusters; see the docs)."""
+    """Join a multi-host run first (jax.distributed.initialize; see the docs)."""
+    coordinator: str | None = None
+    """With --distributed: the coordinator's host:port (None: detect the cluster)."""
+    num_processes: int | None = None
+    """With --distributed: the number of processes."""
+    process_id: int | None = None
+    """With --distributed: this process's id (0 on the coordinator)."""
     steps: int | None = None
     """Total gradient steps (preset)."""
     batch_size: int | None = None
@@ -160,6 +166,9 @@ RESUMABLE = (
     "video_episodes",
     "progress",
     "distributed",
+    "coordinator",
+    "num_processes",
+    "process_id",
 )
 
 
@@ -423,7 +432,7 @@ def make_acting(hp: Hyper, action_dim: int):
 
 def train(cfg: Config) -> Path:
     if cfg.distributed:
-        jax.distributed.initialize()  # coordinator, process count and id from the cluster env
+        flowrl.init_distributed(cfg.coordinator, cfg.num_processes, cfg.process_id)
     if cfg.resume:  # the saved config, except the run-control fields given now
         cfg = flowrl.restore_config(cfg, cfg.resume, RESUMABLE)
     cfg = resolve(cfg)

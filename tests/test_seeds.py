@@ -119,3 +119,28 @@ def test_no_recompilation_across_blocks(setup, monkeypatch):
             state, _ = block(ds, state)
         monkeypatch.setattr(rql, "train_step", lambda *a: (traces.append(1), original(*a))[1])
         traces.clear()
+
+
+def test_one_process_joins_a_local_coordinator_and_shards_seeds():
+    """Multi-host as far as one machine allows: jax.distributed with one process on localhost."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = f"""
+import jax, jax.numpy as jnp, flowrl
+print("RESULT", flowrl.init_distributed("127.0.0.1:{port}", 1, 0))
+placed = flowrl.shard_seeds({{"w": jnp.arange(4.0).reshape(2, 2)}}, flowrl.seed_mesh())
+print("RESULT", len(placed["w"].sharding.device_set), float(jnp.sum(placed["w"])))
+"""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
+    assert lines == ["RESULT (0, 1)", "RESULT 2 6.0"], out.stdout[-2000:]

@@ -20,6 +20,7 @@ from ._critics import ensemble_lcb as ensemble_lcb
 from ._critics import ensemble_mean as ensemble_mean
 from ._critics import ensemble_min as ensemble_min
 from ._critics import joint_critic as joint_critic
+from ._distributed import init_distributed as init_distributed
 from ._distributed import same_placement as same_placement
 from ._distributed import seed_mesh as seed_mesh
 from ._distributed import shard_seeds as shard_seeds
@@ -81,6 +82,7 @@ __all__ = [
     "load_checkpoint",
     "plot_learning_curve",
     "progress",
+    "init_distributed",
     "restore_config",
     "same_placement",
     "seed_mesh",

@@ -51,3 +51,24 @@ def same_placement(tree: T, like: Any) -> T:
         tree,
         like,
     )
+
+
+def init_distributed(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> tuple[int, int]:
+    """Join a multi-process (multi-host) JAX run: `jax.distributed.initialize`.
+
+    Call it first in every process, before any other JAX call. With no arguments JAX detects
+    the cluster (SLURM, Open MPI, Cloud TPU, ...); otherwise pass the coordinator's
+    `host:port`, the number of processes and this process's id (0 on the coordinator). After
+    it, `jax.devices()` lists every process's devices, so [`flowrl.seed_mesh`][] and
+    [`flowrl.shard_seeds`][] spread seeds over all hosts.
+
+    **Returns:** `(process_index, process_count)`.
+    """
+    jax.distributed.initialize(
+        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+    )
+    return jax.process_index(), jax.process_count()
