@@ -209,6 +209,25 @@ def resolve(cfg: Config) -> Config:
         fill.update(zip(env_fields, ENV_PRESETS[env_family(cfg.env_name)], strict=True))
     cfg = dataclasses.replace(cfg, **{k: v for k, v in fill.items() if getattr(cfg, k) is None})
     cfg = dataclasses.replace(cfg, hidden=tuple(cfg.hidden))
+    checks = {
+        "alpha": (cfg.alpha >= 0, ">= 0"),
+        "kappa": (0 < cfg.kappa < 1, "in (0, 1)"),
+        "rho": (cfg.rho >= 0, ">= 0"),
+        "horizon": (cfg.horizon >= 1, ">= 1"),
+        "discount": (0 < cfg.discount <= 1, "in (0, 1]"),
+        "tau": (0 <= cfg.tau <= 1, "in [0, 1]"),
+        "ema": (0 <= cfg.ema < 1, "in [0, 1)"),
+        "lr": (cfg.lr > 0, "> 0"),
+        "flow_steps": (cfg.flow_steps >= 1, ">= 1"),
+        "batch_size": (cfg.batch_size >= 2, ">= 2"),
+        "num_critics": (cfg.num_critics >= 1, ">= 1"),
+        "block": (cfg.block >= 1, ">= 1"),
+        "eval_episodes": (cfg.eval_episodes >= 1, ">= 1"),
+    }
+    for name, (ok, expected) in checks.items():
+        if not ok:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be {expected}, got {getattr(cfg, name)!r}")
     if cfg.eval_every % cfg.block or cfg.steps % cfg.block:
         raise ValueError(
             f"--steps ({cfg.steps}) and --eval-every ({cfg.eval_every}) must be multiples of "
@@ -218,21 +237,7 @@ def resolve(cfg: Config) -> Config:
 
 
 def hyper(cfg: Config) -> Hyper:
-    return Hyper(
-        cfg.alpha,
-        cfg.kappa,
-        cfg.rho,
-        cfg.horizon,
-        cfg.discount,
-        cfg.flow_steps,
-        cfg.batch_size,
-        cfg.tau,
-        cfg.ema,
-        cfg.value_at,
-        cfg.reversal,
-        cfg.bootstrap,
-        cfg.mask_gate,
-    )
+    return Hyper(**{name: getattr(cfg, name) for name in Hyper._fields})
 
 
 # ----------------------------------------------------------------------------------------

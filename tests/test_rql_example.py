@@ -85,3 +85,17 @@ def test_two_seeds_in_one_process_log_separately(tiny_cube_dir, tmp_path):
         assert (run / f"seed{s}" / "learning_curve.png").exists()
     losses = [flowrl.CSVLogger(run / f"seed{s}").read("train")[0]["critic_loss"] for s in (0, 1)]
     assert losses[0] != losses[1]  # separate RNG streams
+
+
+def test_bad_config_values_name_the_flag():
+    with pytest.raises(ValueError, match="--kappa must be in \\(0, 1\\), got 1.5"):
+        rql.resolve(dataclasses.replace(rql.Config(), kappa=1.5))
+    with pytest.raises(ValueError, match="--steps .* must be multiples of --block"):
+        rql.resolve(dataclasses.replace(rql.Config(), steps=1500))
+    with pytest.raises(ValueError, match="no preset for this environment"):
+        rql.resolve(dataclasses.replace(rql.Config(), env_name="walker-run-v0"))
+    cfg = rql.resolve(dataclasses.replace(rql.Config(), env_name="scene-play-singletask-task3-v0"))
+    assert (cfg.alpha, cfg.kappa, cfg.horizon, cfg.sparse_reward) == (3.0, 0.7, 5, True)
+    paper = rql.resolve(dataclasses.replace(rql.Config(), size="paper", alpha=0.5))
+    assert paper.hidden == (512,) * 4 and paper.num_critics == 10 and paper.alpha == 0.5
+    assert paper.eval_every == 100_000 and paper.eval_episodes == 50
