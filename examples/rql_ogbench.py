@@ -24,7 +24,14 @@ import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 import flowrl
-from flowrl.data import Dataset, Windows, load_or_rebuild, sample_windows
+from flowrl.data import (
+    Dataset,
+    Windows,
+    load_or_rebuild,
+    load_sharded_ogbench,
+    open_ogbench_shards,
+    sample_windows,
+)
 
 warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
 
@@ -136,6 +143,11 @@ class Config:
     """Evaluate (and checkpoint) every this many steps; also at step 0 (preset)."""
     eval_episodes: int | None = None
     """Evaluation episodes (preset)."""
+    shard_dir: str | None = None
+    """A 100M-style sharded dataset directory (e.g. ~/.ogbench/data/puzzle-4x4-play-100m-v0):
+    train on its shards, a new one every --swap-every steps (prefetched in the background)."""
+    swap_every: int = 1000
+    """Gradient steps per shard with --shard-dir (the authors: 1000)."""
     dataset_dir: str | None = None
     """OGBench data directory (default $FLOWRL_OGBENCH_DIR or ~/.ogbench/data)."""
     rebuild_episodes: int | None = None
@@ -447,14 +459,25 @@ def train(cfg: Config) -> Path:
         or f"runs/{cfg.env_name}-s{'_'.join(map(str, cfg.seeds or [cfg.seed]))}"
         f"-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    data = load_or_rebuild(
-        cfg.env_name,
-        dataset_dir=cfg.dataset_dir,
-        sparse_reward=cfg.sparse_reward,
-        rebuild_episodes=cfg.rebuild_episodes,
-        rebuild_workers=cfg.rebuild_workers,
-        progress=cfg.progress,
-    )
+    shards = None
+    if cfg.shard_dir:  # 100M-style data: stream the shards, start at the resumed position
+        data = load_sharded_ogbench(cfg.env_name, cfg.shard_dir, sparse_reward=cfg.sparse_reward)
+        shards = lambda k: open_ogbench_shards(  # noqa: E731
+            cfg.env_name,
+            shard_dir=cfg.shard_dir,
+            seed=cfg.seed,
+            sparse_reward=cfg.sparse_reward,
+            start=k,
+        )
+    else:
+        data = load_or_rebuild(
+            cfg.env_name,
+            dataset_dir=cfg.dataset_dir,
+            sparse_reward=cfg.sparse_reward,
+            rebuild_episodes=cfg.rebuild_episodes,
+            rebuild_workers=cfg.rebuild_workers,
+            progress=cfg.progress,
+        )
     hp, opt, act_dim = hyper(cfg), make_optimizer(cfg), data.train.action_dim
     dims = (data.train.obs_dim, cfg.horizon * act_dim)
     if cfg.seeds:  # a stacked state, seed axis first, split over the devices
@@ -484,6 +507,8 @@ def train(cfg: Config) -> Path:
         track=cfg.track,
         video_episodes=cfg.video_episodes,
         title=f"RQL {cfg.env_name}",
+        train_shards=shards,
+        swap_every=cfg.swap_every,
     )
     return run_dir
 

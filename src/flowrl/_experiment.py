@@ -393,6 +393,8 @@ def train_loop(
     track: bool = False,
     video_episodes: int = 0,
     title: str = "",
+    train_shards: Callable[[int], Any] | None = None,
+    swap_every: int = 1000,
 ) -> tuple[S, int]:
     """The training loop every example shares: only the learner (state, `block`, `policy`)
     differs between RQL, FQL and the other learners.
@@ -430,6 +432,11 @@ def train_loop(
     - `resume`: load `run_dir/checkpoint` first; `may_differ` lists the config fields a
       resumed run may change.
     - `show_progress`, `tensorboard`, `track`, `video_episodes`, `title`: outputs.
+    - `train_shards`: for datasets too large for memory, `train_shards(k)` returns an
+      iterator of training datasets that skips the first `k` (a
+      [`flowrl.data.ShardStream`][] with `start=k`, which prefetches the next shard in the
+      background); the loop trains on a new shard every `swap_every` steps (a multiple of
+      `block_size`) instead of `data.train`, and logs the shard index in `train.csv`.
 
     **Returns:** `(state, step)` at the end.
     """
@@ -492,11 +499,19 @@ def train_loop(
         return float(np.mean([r.success for r in results]))
 
     first_block_s, step = None, start
+    train, stream = data.train, None
+    if train_shards is not None:
+        if swap_every < 1 or swap_every % block_size:
+            raise ValueError(
+                f"swap_every ({swap_every}) must be a multiple of the block size ({block_size})"
+            )
+        stream = train_shards(start // swap_every)  # shard k serves steps [k N, (k + 1) N)
+        train = next(stream)
     try:
         success = evaluate_and_save(0) if start == 0 else None
         while step < steps and not stop["now"]:
             t0 = time.perf_counter()
-            new_state, metrics = block(data.train, state)
+            new_state, metrics = block(train, state)
             metrics = jax.device_get(metrics)
             check_finite(metrics, step + 1)
             state, step = new_state, step + block_size
@@ -511,7 +526,11 @@ def train_loop(
             ]
             for row in rows:
                 row["steps_per_s"] = block_size / elapsed
+                if stream is not None:
+                    row["shard"] = (step - 1) // swap_every
             log("train", step, rows)
+            if stream is not None and step % swap_every == 0 and step < steps:
+                train = next(stream)
             if validate is not None:
                 keys = [jax.random.fold_in(jax.random.key(s + 2), step) for s in seeds]
                 out = jax.device_get(
@@ -535,6 +554,8 @@ def train_loop(
                 success=success,
             )
     finally:
+        if stream is not None and hasattr(stream, "close"):
+            stream.close()
         bar.close()
         signal.signal(signal.SIGINT, previous_handler)
         for writer in writers:

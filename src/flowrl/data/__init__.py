@@ -18,6 +18,7 @@ from ._ogbench import resolve_dataset_dir as resolve_dataset_dir
 from ._ogbench import task_success_fractions as task_success_fractions
 from ._ogbench import validate_ogbench_file as validate_ogbench_file
 from ._prepare import load_or_rebuild as load_or_rebuild
+from ._prepare import load_sharded_ogbench as load_sharded_ogbench
 from ._sampler import Windows as Windows
 from ._sampler import sample_windows as sample_windows
 from ._sampler import window_indices as window_indices
@@ -54,6 +55,7 @@ __all__ = [
     "known_families",
     "load_ogbench",
     "load_or_rebuild",
+    "load_sharded_ogbench",
     "load_shard",
     "ogbench_shard_dir",
     "open_ogbench_shards",

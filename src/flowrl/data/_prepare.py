@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from ._ogbench import OGBenchData, load_ogbench, parse_ogbench_name
+from ._ogbench import OGBenchData, _import_ogbench, load_ogbench, parse_ogbench_name
+from ._shards import OGBenchShardLoader, find_shards
 
 
 def load_or_rebuild(
@@ -49,3 +51,37 @@ def load_or_rebuild(
             progress=progress,
         )
         return load_ogbench(name, dataset_dir=dataset_dir, sparse_reward=sparse_reward)
+
+
+def load_sharded_ogbench(
+    name: str,
+    shard_dir: str | os.PathLike[str],
+    *,
+    sparse_reward: bool = False,
+) -> OGBenchData:
+    """The environment and a fixed validation split for a sharded (100M-style) dataset.
+
+    `val` is the first shard's `-val.npz` file (or, if there is none, the first shard itself)
+    and `train` the first shard, both relabelled for the task of `name`; train on all shards
+    with [`flowrl.data.open_ogbench_shards`][] (the examples' `--shard-dir`).
+
+    **Returns:** an [`flowrl.data.OGBenchData`][] whose `dataset_dir` is `shard_dir`;
+    `rebuilt` is `True` when a flowrl rebuild record lies in the directory.
+    """
+    directory = Path(shard_dir).expanduser()
+    shards = find_shards(directory)
+    loader = OGBenchShardLoader(name, sparse_reward=sparse_reward)
+    val_path = shards[0].with_name(shards[0].stem + "-val.npz")
+    train = loader(shards[0])
+    val = loader(val_path) if val_path.exists() else train
+    env = _import_ogbench().make_env_and_datasets(name, env_only=True)
+    rebuilt = any(directory.glob("*.flowrl-rebuild.json"))
+    return OGBenchData(
+        env=env,
+        train=train,
+        val=val,
+        name=name,
+        dataset_dir=directory,
+        rebuilt=rebuilt,
+        metadata=None,
+    )

@@ -214,6 +214,8 @@ class ShardStream:
     - `seed`: seeds the shard order.
     - `shuffle`: shuffle the order in every pass.
     - `prefetch`: load the next shard in a background thread.
+    - `start`: how many shards to skip first, without loading them (to resume a run: the
+      order depends only on `seed` and the pass, so shard `k` is the same in every run).
 
     A shard that fails to load raises [`flowrl.data.DatasetFileError`][] from `next()`, naming
     the file; the stream has then moved past it, so calling `next()` again continues.
@@ -227,7 +229,10 @@ class ShardStream:
         seed: int = 0,
         shuffle: bool = True,
         prefetch: bool = True,
+        start: int = 0,
     ):
+        if start < 0:
+            raise ValueError(f"`start` must be >= 0, got {start}")
         if isinstance(shards, (str, os.PathLike)):
             paths = find_shards(shards)
         else:
@@ -241,7 +246,7 @@ class ShardStream:
         self.last_wait_seconds = 0.0
         self.last_load_seconds = 0.0
         self.current_path: Path | None = None
-        self._cursor = 0
+        self._cursor = int(start)
         self._orders: dict[int, np.ndarray] = {}
         self._executor = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowrl-shards")
@@ -373,6 +378,7 @@ def open_ogbench_shards(
     sparse_reward: bool = False,
     clip_actions: bool = True,
     env_kwargs: Mapping[str, Any] | None = None,
+    start: int = 0,
 ) -> ShardStream:
     """Stream a sharded OGBench dataset (e.g. `puzzle-4x4-play-100m-v0`) for one task.
 
@@ -380,7 +386,7 @@ def open_ogbench_shards(
 
     - `name`: the single-task name, e.g. `puzzle-4x4-play-singletask-task4-v0`.
     - `shard_dir`: the shard directory (default [`flowrl.data.ogbench_shard_dir`][]`(name)`).
-    - `seed`, `shuffle`, `prefetch`: as for [`flowrl.data.ShardStream`][].
+    - `seed`, `shuffle`, `prefetch`, `start`: as for [`flowrl.data.ShardStream`][].
     - `sparse_reward`, `clip_actions`, `env_kwargs`: as for [`flowrl.data.load_ogbench`][].
 
     **Returns:** a [`flowrl.data.ShardStream`][] of relabelled shards. The evaluation
@@ -391,4 +397,6 @@ def open_ogbench_shards(
     loader = OGBenchShardLoader(
         name, sparse_reward=sparse_reward, clip_actions=clip_actions, env_kwargs=env_kwargs
     )
-    return ShardStream(directory, loader=loader, seed=seed, shuffle=shuffle, prefetch=prefetch)
+    return ShardStream(
+        directory, loader=loader, seed=seed, shuffle=shuffle, prefetch=prefetch, start=start
+    )
