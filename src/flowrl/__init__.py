@@ -28,6 +28,8 @@ from ._draws import flow_matching_draws as flow_matching_draws
 from ._draws import reversal_depths as reversal_depths
 from ._evaluation import EvalResult as EvalResult
 from ._evaluation import evaluate as evaluate
+from ._expanded import expanded_td_target as expanded_td_target
+from ._expanded import flow_step as flow_step
 from ._experiment import CheckpointError as CheckpointError
 from ._experiment import CSVLogger as CSVLogger
 from ._experiment import ExtraWriters as ExtraWriters
@@ -49,16 +51,20 @@ from ._flows import reverse_flow as reverse_flow
 from ._losses import expectile_loss as expectile_loss
 from ._losses import flow_matching_loss as flow_matching_loss
 from ._losses import fql_distillation_loss as fql_distillation_loss
+from ._losses import fql_q_loss as fql_q_loss
 from ._losses import freeze as freeze
 from ._losses import interpolant as interpolant
 from ._losses import one_hop_value_loss as one_hop_value_loss
 from ._networks import MLP as MLP
+from ._policies import OneStepPolicy as OneStepPolicy
 from ._returns import chunk_mask as chunk_mask
 from ._returns import discounted_window_sum as discounted_window_sum
 from ._returns import lambda_returns as lambda_returns
 from ._returns import n_step_bootstrapped_returns as n_step_bootstrapped_returns
 from ._returns import rql_window_target as rql_window_target
 from ._returns import window_valid as window_valid
+from ._stats import Interval as Interval
+from ._stats import confidence_interval as confidence_interval
 from ._targets import periodic_update as periodic_update
 from ._targets import polyak_update as polyak_update
 from ._velocity import AbstractVelocityField as AbstractVelocityField
@@ -94,11 +100,14 @@ __all__ = [
     "EnsembleCritic",
     "FlowPath",
     "FourierTimeEmbedding",
+    "Interval",
     "JointCritic",
     "MLP",
+    "OneStepPolicy",
     "Reversal",
     "VelocityField",
     "chunk_mask",
+    "confidence_interval",
     "data",
     "discounted_window_sum",
     "ensemble_critic",
@@ -107,10 +116,13 @@ __all__ = [
     "ensemble_min",
     "euler_path",
     "euler_sample",
+    "expanded_td_target",
     "expectile_loss",
     "flow_matching_draws",
     "flow_matching_loss",
+    "flow_step",
     "fql_distillation_loss",
+    "fql_q_loss",
     "freeze",
     "interpolant",
     "joint_critic",

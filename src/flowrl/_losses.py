@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Scalar, ScalarLike
 
 from ._critics import ensemble_mean
+from ._expanded import flow_step
 
 
 def freeze(module):
@@ -96,9 +97,7 @@ def one_hop_value_loss(
 
     **Returns:** the scalar loss (multiply by a validity flag and average over the batch).
     """
-    t = jnp.asarray(t, jnp.float32).reshape(())
-    t_next = jnp.minimum(t + 1.0 / steps, 1.0)
-    x_next = x_t + (t_next - t) * u
+    x_next, t_next = flow_step(x_t, t, u, steps=steps)
     return -aggregate(freeze(critic)(s, x_next, t_next))
 
 
@@ -109,3 +108,27 @@ def fql_distillation_loss(
     example: the one-step policy $\mu$ and the BC flow start from the same noise `z`; the
     flow's action is treated as a constant (`stop_gradient`)."""
     return jnp.mean((one_step_action - jax.lax.stop_gradient(flow_action)) ** 2)
+
+
+def fql_q_loss(q: Float[Array, " B"], *, normalize: bool = False) -> Scalar:
+    r"""FQL's Q term of the actor loss for a BATCH: $-\operatorname{mean}_b q_b$, optionally
+    normalised by the batch's mean absolute value,
+
+    $$\ell = -\lambda\, \frac{1}{B}\sum_b q_b, \qquad
+      \lambda = \begin{cases} 1 / \mathrm{sg}\big(\frac{1}{B}\sum_b |q_b|\big)
+      & \text{normalize}\\ 1 & \text{otherwise}\end{cases}$$
+
+    with $\mathrm{sg}$ the stop-gradient, so the gradient is $-\lambda / B$ per example and the
+    weight `alpha` of the distillation term becomes invariant to the scale of Q. The FQL paper's
+    results use `normalize=False` (its per-environment alphas assume raw Q); the authors
+    recommend `normalize=True` for new environments.
+
+    **Arguments:** `q` `(B,)`: the critic's value (FQL: the ensemble mean) of the policy's
+    clipped actions, with the critic frozen ([`flowrl.freeze`][]); `normalize`.
+
+    **Returns:** the scalar loss.
+    """
+    loss = -jnp.mean(q)
+    if normalize:
+        loss = loss / jax.lax.stop_gradient(jnp.mean(jnp.abs(q)))
+    return loss

@@ -1,0 +1,304 @@
+"""Compare learners x seeds on one dataset with one budget: a table and a plot.
+
+Runs each learner's own `train()` (the example files beside this one) in this process, one run
+at a time, with the same environment, data, gradient steps, network size, batch and evaluation
+for all; then reads every run's `eval.csv` and reports the FINAL success rate (the evaluation
+at the last step) per seed, its mean over seeds and a 95 % Student-t interval over seeds
+(`--interval bootstrap` for a percentile bootstrap; see `flowrl.confidence_interval`).
+
+Outputs in `--out`: `compare.md` (Markdown table with the data, budget and command),
+`compare.csv` (one row per learner), `runs.csv` (one row per run), `compare.png` (learning
+curves and final success with intervals), and one run directory per learner and seed. A
+finished run directory is reused rather than trained again (`--rerun` to retrain); an
+unfinished one is resumed from its checkpoint.
+
+    python examples/compare.py --dataset-dir /tmp/defaultdata --steps 20000 --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+import flowrl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the learners' example files
+
+LEARNERS = {
+    "rql": ("rql_ogbench", "RQL"),
+    "fql": ("fql_ogbench", "FQL"),
+    "naive": ("naive_expanded_ogbench", "naive expanded MDP"),
+}
+
+
+@dataclasses.dataclass
+class CompareConfig:
+    """Learners x seeds with one shared budget; everything else from each learner's presets."""
+
+    learners: tuple[Literal["rql", "fql", "naive"], ...] = ("rql", "fql", "naive")
+    """Learners: rql_ogbench.py, fql_ogbench.py, naive_expanded_ogbench.py (beside this file)."""
+    seeds: tuple[int, ...] = (0, 1)
+    """Seeds; each learner runs once per seed."""
+    env_name: str = "cube-single-play-singletask-task2-v0"
+    """OGBench singletask dataset name (the same for all learners)."""
+    steps: int = 20_000
+    """Gradient steps of every run."""
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden widths of every network of every learner."""
+    batch_size: int = 256
+    """Windows per gradient step."""
+    num_critics: int = 2
+    """Critic ensemble size K of every learner."""
+    block: int = 1000
+    """Gradient steps per jitted block (log interval)."""
+    eval_every: int = 10_000
+    """Evaluate every this many steps (and at 0 and at the end)."""
+    eval_episodes: int = 20
+    """Episodes per evaluation."""
+    dataset_dir: str | None = None
+    """OGBench data directory; a missing rebuildable dataset is rebuilt there first."""
+    rebuild_episodes: int = 100
+    """Episodes to rebuild if the dataset is missing."""
+    out: str = "runs/compare"
+    """Output directory: run directories, table, plot."""
+    interval: Literal["t", "bootstrap"] = "t"
+    """Interval over seeds: Student t (default) or percentile bootstrap."""
+    level: float = 0.95
+    """Confidence level of the interval."""
+    rerun: bool = False
+    """Train again even where a finished run directory exists."""
+    progress: bool = True
+    """Show each run's progress bar."""
+
+
+def run_dir(cfg: CompareConfig, learner: str, seed: int) -> Path:
+    return Path(cfg.out) / learner / f"seed{seed}"
+
+
+def finished(path: Path, steps: int) -> bool:
+    return any(r["step"] == steps for r in flowrl.CSVLogger(path).read("eval"))
+
+
+def train_one(cfg: CompareConfig, learner: str, seed: int) -> float:
+    """Train one learner with one seed (or resume / reuse its run); returns wall seconds."""
+    module = importlib.import_module(LEARNERS[learner][0])
+    path = run_dir(cfg, learner, seed)
+    if finished(path, cfg.steps) and not cfg.rerun:
+        print(f"{learner} seed {seed}: finished run in {path}, reused")
+        return math.nan
+    resume = (path / "checkpoint" / "checkpoint.json").exists() and not cfg.rerun
+    if cfg.rerun:
+        for f in path.glob("*.csv"):
+            f.unlink()
+    run_cfg = dataclasses.replace(
+        module.Config(),
+        env_name=cfg.env_name,
+        seed=seed,
+        steps=cfg.steps,
+        hidden=tuple(cfg.hidden),
+        batch_size=cfg.batch_size,
+        num_critics=cfg.num_critics,
+        block=cfg.block,
+        eval_every=cfg.eval_every,
+        eval_episodes=cfg.eval_episodes,
+        dataset_dir=cfg.dataset_dir,
+        rebuild_episodes=cfg.rebuild_episodes,
+        run_dir=str(path),
+        resume=str(path) if resume else None,
+        progress=cfg.progress,
+    )
+    t0 = time.perf_counter()
+    module.train(run_cfg)
+    return time.perf_counter() - t0
+
+
+def read_run(path: Path, steps: int) -> dict:
+    """Final success, the success curve and the mean training speed of one run directory."""
+    log = flowrl.CSVLogger(path)
+    evals, train = log.read("eval"), log.read("train")
+    final = [r["success"] for r in evals if r["step"] == steps]
+    if not final:
+        raise ValueError(f"{path}: no evaluation at step {steps} in eval.csv (unfinished run?)")
+    return dict(
+        final=final[-1],
+        curve=([r["step"] for r in evals], [r["success"] for r in evals]),
+        steps_per_s=float(np.mean([r["steps_per_s"] for r in train])) if train else math.nan,
+    )
+
+
+def summarize(cfg: CompareConfig, wall: dict[tuple[str, int], float] | None = None) -> list[dict]:
+    """One row per learner: per-seed final success, mean, interval, speed, wall time."""
+    rows = []
+    for learner in cfg.learners:
+        runs = [read_run(run_dir(cfg, learner, s), cfg.steps) for s in cfg.seeds]
+        finals = [r["final"] for r in runs]
+        ci = flowrl.confidence_interval(finals, level=cfg.level, method=cfg.interval)
+        walls = [(wall or {}).get((learner, s), math.nan) for s in cfg.seeds]
+        rows.append(
+            dict(
+                learner=learner,
+                name=LEARNERS[learner][1],
+                seeds=len(cfg.seeds),
+                finals=finals,
+                mean=ci.mean,
+                low=ci.low,
+                high=ci.high,
+                steps_per_s=float(np.mean([r["steps_per_s"] for r in runs])),
+                wall_min=float(np.mean(walls)) / 60,
+                curves=[r["curve"] for r in runs],
+            )
+        )
+    return rows
+
+
+def markdown(cfg: CompareConfig, rows: list[dict], header: str) -> str:
+    pct = round(100 * cfg.level)
+    lines = [
+        header,
+        "",
+        f"| learner | final success per seed | mean | {pct} % interval ({cfg.interval}) "
+        "| steps/s | wall min/run |",
+        "|---|---|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        per_seed = ", ".join(f"{x:.2f}" for x in r["finals"])
+        lines.append(
+            f"| {r['name']} | {per_seed} | {r['mean']:.3f} | [{r['low']:.3f}, {r['high']:.3f}] "
+            f"| {r['steps_per_s']:.0f} | {r['wall_min']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["learner", "seeds", "finals", "mean", "low", "high", "steps_per_s", "wall_min"])
+        for r in rows:
+            finals = " ".join(f"{x:.4f}" for x in r["finals"])
+            w.writerow(
+                [r["learner"], r["seeds"], finals]
+                + [f"{r[k]:.4f}" for k in ("mean", "low", "high", "steps_per_s", "wall_min")]
+            )
+
+
+def plot(path: Path, rows: list[dict], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_c, ax_f) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, r in enumerate(rows):
+        color = f"C{i}"
+        for steps, success in r["curves"]:
+            ax_c.plot(steps, success, color=color, alpha=0.3, lw=1)
+        steps = r["curves"][0][0]
+        if all(c[0] == steps for c in r["curves"]):
+            mean = np.mean([c[1] for c in r["curves"]], axis=0)
+            ax_c.plot(steps, mean, "o-", color=color, label=r["name"])
+        low, high = np.clip([r["low"], r["high"]], 0.0, 1.0)
+        if math.isfinite(r["low"]):
+            ax_f.plot([i, i], [low, high], color=color, lw=6, alpha=0.35)
+        ax_f.plot([i] * len(r["finals"]), r["finals"], "o", color=color, alpha=0.6)
+        ax_f.plot([i], [r["mean"]], "_", color="k", ms=22, mew=2)
+    ax_c.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}k" if x else "0")
+    ax_c.set(xlabel="gradient step", ylabel="success rate", ylim=(-0.02, 1.02), title="evaluation")
+    ax_c.legend()
+    ax_f.set(
+        xticks=range(len(rows)),
+        xticklabels=[r["name"] for r in rows],
+        ylim=(-0.02, 1.02),
+        ylabel="final success",
+        title="final: seeds (dots), mean (bar), interval (band, clipped)",
+    )
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def machine() -> str:
+    import jax
+
+    cpu = platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in info.read_text().splitlines()
+            if "model name" in ln
+        ]
+        cpu = names[0] if names else cpu
+    device = jax.devices()[0]
+    return (
+        f"{cpu}, {os.cpu_count()} CPU cores, jax {jax.__version__} on {device.platform} "
+        f"({device.device_kind}), python {platform.python_version()}"
+    )
+
+
+def main(cfg: CompareConfig) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    wall = {(lr, s): train_one(cfg, lr, s) for lr in cfg.learners for s in cfg.seeds}
+    total_min = (time.perf_counter() - t_start) / 60
+    rows = summarize(cfg, wall)
+    data = json.loads((run_dir(cfg, cfg.learners[0], cfg.seeds[0]) / "data.json").read_text())
+    record = data.get("rebuild_record") or {}
+    label = (
+        f"REBUILT data ({record.get('episodes')} episodes x {record.get('steps_per_episode')} "
+        f"steps, rebuild seed {record.get('seed')}), not the official dataset"
+        if data.get("rebuilt")
+        else "official data"
+    )
+    command = "python examples/compare.py " + shlex.join(sys.argv[1:])
+    header = "\n".join(
+        [
+            f"**{cfg.env_name}**, {label}; {cfg.steps} gradient steps, hidden "
+            f"{list(cfg.hidden)}, batch {cfg.batch_size}, K = {cfg.num_critics}; final success = "
+            f"the evaluation at step {cfg.steps} ({cfg.eval_episodes} evaluation episodes); seeds "
+            f"{list(cfg.seeds)}.",
+            "",
+            f"Machine: {machine()}; total wall time {total_min:.1f} min "
+            "(runs reused from an earlier call are not timed).",
+            "",
+            f"Command: `{command}`",
+        ]
+    )
+    (out / "compare.md").write_text(markdown(cfg, rows, header))
+    write_csv(out / "compare.csv", rows)
+    with (out / "runs.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["learner", "seed", "final_success", "wall_s", "run_dir"])
+        for r in rows:
+            for s, x in zip(cfg.seeds, r["finals"], strict=True):
+                w.writerow(
+                    [
+                        r["learner"],
+                        s,
+                        x,
+                        f"{wall[(r['learner'], s)]:.1f}",
+                        run_dir(cfg, r["learner"], s),
+                    ]
+                )
+    plot(out / "compare.png", rows, f"{cfg.env_name}, {cfg.steps} steps, {len(cfg.seeds)} seeds")
+    print((out / "compare.md").read_text())
+    return out
+
+
+if __name__ == "__main__":
+    import tyro
+
+    main(tyro.cli(CompareConfig))

@@ -1,0 +1,90 @@
+"""examples/compare.py and flowrl.confidence_interval: the table, interval and plot code on run
+directories with known numbers (the learners' own runs are smoke-tested in their test files)."""
+
+import csv
+import dataclasses
+import json
+import math
+
+import compare
+import numpy as np
+import pytest
+
+import flowrl
+
+
+def test_t_interval_known_numbers():
+    ci = flowrl.confidence_interval([0.2, 0.4, 0.6])
+    # mean 0.4, sample sd 0.2, t_{0.975, 2} = 4.302653: half width 4.302653 * 0.2 / sqrt(3)
+    half = 4.302653 * 0.2 / math.sqrt(3)
+    np.testing.assert_allclose([ci.mean, ci.low, ci.high], [0.4, 0.4 - half, 0.4 + half], rtol=1e-6)
+    assert (ci.n, ci.method) == (3, "t")
+    two = flowrl.confidence_interval([0.3, 0.5], level=0.9)  # t_{0.95, 1} = 6.313752
+    np.testing.assert_allclose(two.high - two.mean, 6.313752 * math.sqrt(0.02) / math.sqrt(2))
+    same = flowrl.confidence_interval([0.5, 0.5])
+    assert same.low == same.high == 0.5
+    one = flowrl.confidence_interval([0.7])
+    assert one.mean == 0.7 and math.isnan(one.low) and math.isnan(one.high)
+    with pytest.raises(ValueError, match="empty"):
+        flowrl.confidence_interval([])
+
+
+def test_bootstrap_interval_known_numbers():
+    # Resampled means of (0, 1) are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4.
+    ci = flowrl.confidence_interval([0.0, 1.0], method="bootstrap")
+    assert (ci.mean, ci.low, ci.high) == (0.5, 0.0, 1.0)
+    ci = flowrl.confidence_interval([0.0, 1.0], method="bootstrap", level=0.4)
+    assert ci.low == ci.high == 0.5
+    with pytest.raises((ValueError, TypeError), match="method"):  # TypeError: runtime check
+        flowrl.confidence_interval([0.0, 1.0], method="normal")
+
+
+FINALS = {("rql", 0): 0.5, ("rql", 1): 0.3, ("fql", 0): 0.1, ("fql", 1): 0.1}
+
+
+def fake_runs(tmp_path, steps=200):
+    cfg = compare.CompareConfig(
+        learners=("rql", "fql"), seeds=(0, 1), steps=steps, out=str(tmp_path), progress=False
+    )
+    for (learner, seed), final in FINALS.items():
+        path = compare.run_dir(cfg, learner, seed)
+        log = flowrl.CSVLogger(path)
+        for step, success in ((0, 0.0), (100, final / 2), (200, final)):
+            log.log("eval", step, {"success": success, "return": -1.0, "length": 200})
+        for step in (100, 200):
+            log.log("train", step, {"critic_loss": 1.0, "steps_per_s": 50.0 + seed})
+        data = {"rebuilt": True, "rebuild_record": {"episodes": 4, "steps_per_episode": 101}}
+        (path / "data.json").write_text(json.dumps(data))
+    return cfg
+
+
+def test_summary_table_csv_and_plot_from_run_directories(tmp_path, capsys):
+    cfg = fake_runs(tmp_path)
+    rows = {r["learner"]: r for r in compare.summarize(cfg)}
+    assert rows["rql"]["finals"] == [0.5, 0.3]
+    np.testing.assert_allclose(rows["rql"]["mean"], 0.4)
+    half = 12.706205 * math.sqrt(0.02) / math.sqrt(2)  # t_{0.975, 1}, sd of (0.5, 0.3)
+    np.testing.assert_allclose([rows["rql"]["low"], rows["rql"]["high"]], [0.4 - half, 0.4 + half])
+    assert rows["fql"]["low"] == rows["fql"]["high"] == pytest.approx(0.1)
+    assert rows["rql"]["steps_per_s"] == 50.5
+
+    # main() on finished runs reuses them (no training) and writes every output.
+    out = compare.main(cfg)
+    md = (out / "compare.md").read_text()
+    assert "| RQL | 0.50, 0.30 | 0.400 | [-0.871, 1.671] |" in md
+    assert "| FQL | 0.10, 0.10 | 0.100 | [0.100, 0.100] |" in md
+    assert "REBUILT data (4 episodes x 101 steps" in md and "95 % interval (t)" in md
+    with (out / "compare.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["learner"] for r in table] == ["rql", "fql"]
+    assert float(table[0]["mean"]) == pytest.approx(0.4)
+    with (out / "runs.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 4
+    assert (out / "compare.png").stat().st_size > 5000
+    assert "reused" in capsys.readouterr().out
+
+
+def test_unfinished_run_is_reported(tmp_path):
+    cfg = dataclasses.replace(fake_runs(tmp_path), steps=300)
+    with pytest.raises(ValueError, match="no evaluation at step 300"):
+        compare.summarize(cfg)
