@@ -218,7 +218,7 @@ def train(cfg: Config) -> Path:
         tensorboard=cfg.tensorboard,
         track=cfg.track,
         video_episodes=cfg.video_episodes,
-        title=f"Naive expanded MDP {cfg.env_name} seed {cfg.seed}",
+        title=f"Naive expanded MDP {cfg.env_name}",
     )
     return run_dir
 
