@@ -11,9 +11,8 @@ Three networks, one Adam optimiser over all of them:
   `y = sum_j gamma^j r_j + gamma^h mask agg_k Qbar_k(s_h, clip(mu(s_h, z')))`, agg mean or min,
   Polyak target (tau 0.005). The evaluation policy is `clip(mu(s, z))`: one network call.
 
-Action chunks: `--horizon 1` is the FQL paper. The presets use RQL's chunk lengths (5 for
-manipulation, 1 for mazes), so both act on the same chunks, with an n-step target over the
-chunk from the same window sampler as RQL; the alphas are the FQL paper's (tuned for h = 1).
+Action chunks: `--horizon 1` is the FQL paper; the presets use RQL's chunk lengths (n-step
+target from the same window sampler) with the FQL paper's alphas (tuned for h = 1).
 
     python examples/fql_ogbench.py                        # CPU default: cube-single task2
     python examples/fql_ogbench.py --env-name puzzle-3x3-play-singletask-task4-v0 --size paper
@@ -24,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -36,7 +34,7 @@ import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 import flowrl
-from flowrl.data import Dataset, Windows, load_or_rebuild, sample_windows
+from flowrl.data import Dataset, Windows, sample_windows
 
 warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
 
@@ -44,8 +42,8 @@ warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
 # Configuration
 # ----------------------------------------------------------------------------------------
 
-# The FQL paper's command lines (its README), keyed by environment family:
-# (alpha, q_agg, horizon h, discount, sparse reward). h: RQL's chunk lengths (see above).
+# The FQL paper's command lines (its README) by environment family: (alpha, q_agg, h,
+# discount, sparse reward); h: RQL's chunk lengths (see above).
 ENV_PRESETS: dict[str, tuple[float, str, int, float, bool]] = {
     "antmaze-large-navigate": (10.0, "min", 1, 0.99, False),
     "antmaze-giant-navigate": (10.0, "min", 1, 0.995, False),
@@ -57,9 +55,8 @@ ENV_PRESETS: dict[str, tuple[float, str, int, float, bool]] = {
     "scene-play": (300.0, "mean", 5, 0.99, False),
     "puzzle-3x3-play": (1000.0, "mean", 5, 0.99, False),
     "puzzle-4x4-play": (1000.0, "mean", 5, 0.99, False),
-    # Not in the FQL paper: cube's alpha carried over.
-    "cube-triple-play": (300.0, "mean", 5, 0.99, False),
-    "cube-quadruple-play": (300.0, "mean", 5, 0.99, False),
+    "cube-triple-play": (300.0, "mean", 5, 0.99, False),  # not in the FQL paper: cube's alpha
+    "cube-quadruple-play": (300.0, "mean", 5, 0.99, False),  # not in the FQL paper either
 }
 
 # "paper": the FQL paper's networks and budget; "cpu": minutes on a 2-core machine.
@@ -84,17 +81,10 @@ SIZES = {
 
 
 @dataclasses.dataclass
-class Config:
-    """FQL on an OGBench singletask environment. Unset (None) fields come from the presets."""
+class Config(flowrl.RunConfig):
+    """FQL on an OGBench singletask environment. Unset (None) fields come from the presets;
+    the run-control fields (budget, data, outputs, seeds, resume) are flowrl.RunConfig's."""
 
-    env_name: str = "cube-single-play-singletask-task2-v0"
-    """OGBench singletask dataset name; picks alpha, q_agg, h, discount and reward."""
-    size: Literal["cpu", "paper"] = "cpu"
-    """'paper': 4x512 MLPs, 1M steps, eval every 100k with 50 episodes; 'cpu': small."""
-    seed: int = 0
-    """Seed of everything: initialisation, batches, draws and evaluation episodes."""
-    steps: int | None = None
-    """Total gradient steps (preset)."""
     batch_size: int | None = None
     """Windows per gradient step (preset)."""
     hidden: tuple[int, ...] | None = None
@@ -123,34 +113,6 @@ class Config:
     """Bootstrap state of windows ending a trajectory (h > 1): true final state, or clamped."""
     mask_gate: Literal["last", "all"] = "last"
     """Which masks gate the bootstrap (h > 1): the window's last, or any success in it."""
-    block: int = 1000
-    """Gradient steps fused into one jitted lax.scan call (log interval)."""
-    eval_every: int | None = None
-    """Evaluate (and checkpoint) every this many steps; also at step 0 (preset)."""
-    eval_episodes: int | None = None
-    """Evaluation episodes (preset)."""
-    dataset_dir: str | None = None
-    """OGBench data directory (default $FLOWRL_OGBENCH_DIR or ~/.ogbench/data)."""
-    rebuild_episodes: int | None = None
-    """If the dataset is missing and can be rebuilt offline, rebuild this many episodes."""
-    rebuild_workers: int = 2
-    """Processes for the offline rebuild."""
-    run_dir: str | None = None
-    """Run directory (default runs/fql-<env>-<seed>-<time>)."""
-    resume: str | None = None
-    """Continue the run in this directory from its last checkpoint."""
-    tensorboard: bool = False
-    """Also write TensorBoard event files (needs tensorboardX)."""
-    track: bool = False
-    """Log to Weights & Biases (needs wandb and a login); off by default."""
-    video_episodes: int = 0
-    """Render this many evaluation episodes to MP4 at each evaluation (MUJOCO_GL=egl)."""
-    progress: bool = True
-    """Show a progress bar."""
-
-
-# Fields a resumed run may change without breaking bitwise reproducibility.
-RESUMABLE = ("steps", "run_dir", "resume", "tensorboard", "track", "video_episodes", "progress")
 
 
 class Hyper(NamedTuple):
@@ -366,12 +328,16 @@ def train_step(state: FQLState, dataset: Dataset, hp: Hyper, opt):
     return update(eqx.tree_at(lambda s: s.key, state, key), batch, draws, hp, opt)
 
 
-def make_block(hp: Hyper, opt, num_steps: int):
-    """One jitted call = `num_steps` updates in a lax.scan; the state buffers are donated."""
+def make_block(hp: Hyper, opt, num_steps: int, *, seeds: bool = False):
+    """One jitted call = `num_steps` updates in a lax.scan; the state buffers are donated.
+    With `seeds=True` the state has a leading seed axis and every step is vmapped over it."""
+    step = lambda state, dataset: train_step(state, dataset, hp, opt)  # noqa: E731
+    if seeds:
+        step = eqx.filter_vmap(step, in_axes=(0, None))
 
     @eqx.filter_jit(donate="all-except-first")
     def block(dataset: Dataset, state: FQLState):
-        return flowrl.scan_block(lambda s: train_step(s, dataset, hp, opt), state, num_steps)
+        return flowrl.scan_block(lambda s: step(s, dataset), state, num_steps)
 
     return block
 
@@ -415,47 +381,21 @@ def make_acting(hp: Hyper, action_dim: int):
 # ----------------------------------------------------------------------------------------
 
 
+LEARNER = flowrl.Learner(
+    name="FQL",
+    resolve=resolve,
+    init=init_state,
+    make_block=lambda cfg, seeds: make_block(
+        hyper(cfg), make_optimizer(cfg), cfg.block, seeds=seeds
+    ),
+    make_policy=lambda cfg, act_dim: make_acting(hyper(cfg), act_dim),
+    make_validation=lambda cfg: make_validation(hyper(cfg)),
+)
+
+
 def train(cfg: Config) -> Path:
-    if cfg.resume:  # the saved config, except the run-control fields given now
-        cfg = flowrl.restore_config(cfg, cfg.resume, RESUMABLE)
-    cfg = resolve(cfg)
-    run_dir = Path(
-        cfg.resume
-        or cfg.run_dir
-        or f"runs/fql-{cfg.env_name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    data = load_or_rebuild(
-        cfg.env_name,
-        dataset_dir=cfg.dataset_dir,
-        sparse_reward=cfg.sparse_reward,
-        rebuild_episodes=cfg.rebuild_episodes,
-        rebuild_workers=cfg.rebuild_workers,
-        progress=cfg.progress,
-    )
-    hp, opt, act_dim = hyper(cfg), make_optimizer(cfg), data.train.action_dim
-    state = init_state(cfg, data.train.obs_dim, cfg.horizon * act_dim, jax.random.key(cfg.seed))
-    flowrl.train_loop(
-        state,
-        make_block(hp, opt, cfg.block),
-        data=data,
-        policy=make_acting(hp, act_dim),
-        validate=make_validation(hp),
-        run_dir=run_dir,
-        config=dataclasses.asdict(cfg),
-        steps=cfg.steps,
-        block_size=cfg.block,
-        eval_every=cfg.eval_every,
-        eval_episodes=cfg.eval_episodes,
-        seed=cfg.seed,
-        resume=bool(cfg.resume),
-        may_differ=RESUMABLE,
-        show_progress=cfg.progress,
-        tensorboard=cfg.tensorboard,
-        track=cfg.track,
-        video_episodes=cfg.video_episodes,
-        title=f"FQL {cfg.env_name}",
-    )
-    return run_dir
+    """Train FQL: the library's shared driver does data, logging, evaluation, checkpoints."""
+    return flowrl.run(cfg, LEARNER)
 
 
 if __name__ == "__main__":

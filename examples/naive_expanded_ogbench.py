@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -43,7 +42,7 @@ import rql_ogbench as rql  # the base learner; only the critic target differs
 from jaxtyping import PRNGKeyArray
 
 import flowrl
-from flowrl.data import Dataset, Windows, load_or_rebuild, sample_windows
+from flowrl.data import Dataset, Windows, sample_windows
 
 
 @dataclasses.dataclass
@@ -53,9 +52,6 @@ class Config(rql.Config):
 
     depths: Literal["mixed", "grid"] = "mixed"
     """Reversal depths: RQL's mix (half U(0,1), half grid) or the flow grid only (t = k/F)."""
-
-
-RESUMABLE = rql.RESUMABLE
 
 
 def draw(key: PRNGKeyArray, batch_size: int, action_dim: int, steps: int, depths: str):
@@ -152,13 +148,17 @@ def sample(dataset: Dataset, key: PRNGKeyArray, hp: rql.Hyper, depths: str):
     return batch, draw(k_draw, hp.batch_size, A, hp.flow_steps, depths)
 
 
-def make_block(hp: rql.Hyper, opt, num_steps: int, depths: str = "mixed"):
-    """One jitted call = `num_steps` updates in a lax.scan; the state buffers are donated."""
+def make_block(hp: rql.Hyper, opt, num_steps: int, depths: str = "mixed", *, seeds=False):
+    """One jitted call = `num_steps` updates in a lax.scan; the state buffers are donated.
+    With `seeds=True` the state has a leading seed axis and every step is vmapped over it."""
 
     def train_step(state: rql.RQLState, dataset: Dataset):
         key, k_sample = jax.random.split(state.key)
         batch, draws = sample(dataset, k_sample, hp, depths)
         return update(eqx.tree_at(lambda s: s.key, state, key), batch, draws, hp, opt)
+
+    if seeds:
+        train_step = eqx.filter_vmap(train_step, in_axes=(0, None))
 
     @eqx.filter_jit(donate="all-except-first")
     def block(dataset: Dataset, state: rql.RQLState):
@@ -178,49 +178,21 @@ def make_validation(hp: rql.Hyper, depths: str = "mixed"):
     return validate
 
 
+LEARNER = flowrl.Learner(
+    name="Naive",
+    resolve=rql.resolve,
+    init=rql.init_state,
+    make_block=lambda cfg, seeds: make_block(
+        rql.hyper(cfg), rql.make_optimizer(cfg), cfg.block, cfg.depths, seeds=seeds
+    ),
+    make_policy=lambda cfg, act_dim: rql.make_acting(rql.hyper(cfg), act_dim),
+    make_validation=lambda cfg: make_validation(rql.hyper(cfg), cfg.depths),
+)
+
+
 def train(cfg: Config) -> Path:
-    if getattr(cfg, "seeds", None) or getattr(cfg, "distributed", False):
-        raise ValueError("--seeds and --distributed are RQL-only for now: use --seed")
-    if cfg.resume:  # the saved config, except the run-control fields given now
-        cfg = flowrl.restore_config(cfg, cfg.resume, RESUMABLE)
-    cfg = rql.resolve(cfg)
-    run_dir = Path(
-        cfg.resume
-        or cfg.run_dir
-        or f"runs/naive-{cfg.env_name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    data = load_or_rebuild(
-        cfg.env_name,
-        dataset_dir=cfg.dataset_dir,
-        sparse_reward=cfg.sparse_reward,
-        rebuild_episodes=cfg.rebuild_episodes,
-        rebuild_workers=cfg.rebuild_workers,
-        progress=cfg.progress,
-    )
-    hp, opt, act_dim = rql.hyper(cfg), rql.make_optimizer(cfg), data.train.action_dim
-    state = rql.init_state(cfg, data.train.obs_dim, cfg.horizon * act_dim, jax.random.key(cfg.seed))
-    flowrl.train_loop(
-        state,
-        make_block(hp, opt, cfg.block, cfg.depths),
-        data=data,
-        policy=rql.make_acting(hp, act_dim),
-        validate=make_validation(hp, cfg.depths),
-        run_dir=run_dir,
-        config=dataclasses.asdict(cfg),
-        steps=cfg.steps,
-        block_size=cfg.block,
-        eval_every=cfg.eval_every,
-        eval_episodes=cfg.eval_episodes,
-        seed=cfg.seed,
-        resume=bool(cfg.resume),
-        may_differ=RESUMABLE,
-        show_progress=cfg.progress,
-        tensorboard=cfg.tensorboard,
-        track=cfg.track,
-        video_episodes=cfg.video_episodes,
-        title=f"Naive expanded MDP {cfg.env_name}",
-    )
-    return run_dir
+    """Train the naive expanded-MDP learner with the library's shared driver."""
+    return flowrl.run(cfg, LEARNER)
 
 
 if __name__ == "__main__":

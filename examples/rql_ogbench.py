@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -27,9 +26,6 @@ import flowrl
 from flowrl.data import (
     Dataset,
     Windows,
-    load_or_rebuild,
-    load_sharded_ogbench,
-    open_ogbench_shards,
     sample_windows,
 )
 
@@ -72,7 +68,7 @@ SIZES = {
         hidden=(256, 256),
         num_critics=2,
         batch_size=256,
-        steps=40_000,
+        steps=50_000,
         eval_every=10_000,
         eval_episodes=20,
         rebuild_episodes=100,
@@ -81,28 +77,10 @@ SIZES = {
 
 
 @dataclasses.dataclass
-class Config:
-    """RQL on an OGBench singletask environment. Unset (None) fields come from the presets."""
+class Config(flowrl.RunConfig):
+    """RQL on an OGBench singletask environment. Unset (None) fields come from the presets;
+    the run-control fields (budget, data, outputs, seeds, resume) are flowrl.RunConfig's."""
 
-    env_name: str = "cube-single-play-singletask-task2-v0"
-    """OGBench singletask dataset name; picks alpha, kappa, rho, h, discount and reward."""
-    size: Literal["cpu", "paper"] = "cpu"
-    """'paper': 4x512 MLPs, K=10, 1M steps, eval every 100k with 50 episodes; 'cpu': small."""
-    seed: int = 0
-    """Seed of everything: initialisation, batches, draws and evaluation episodes."""
-    seeds: tuple[int, ...] | None = None
-    """Train these seeds at once in one process (vmap over the learner state); overrides
-    --seed. Logs go to <run-dir>/seed<s>/; the seed axis is split over all devices."""
-    distributed: bool = False
-    """Join a multi-host run first (jax.distributed.initialize; see the docs)."""
-    coordinator: str | None = None
-    """With --distributed: the coordinator's host:port (None: detect the cluster)."""
-    num_processes: int | None = None
-    """With --distributed: the number of processes."""
-    process_id: int | None = None
-    """With --distributed: this process's id (0 on the coordinator)."""
-    steps: int | None = None
-    """Total gradient steps (preset)."""
     batch_size: int | None = None
     """Windows per gradient step (preset)."""
     hidden: tuple[int, ...] | None = None
@@ -137,51 +115,6 @@ class Config:
     """Bootstrap state of windows ending a trajectory: true final state, or authors' clamp."""
     mask_gate: Literal["last", "all"] = "last"
     """Which masks gate the bootstrap: authors' last mask only, or any success in the window."""
-    block: int = 1000
-    """Gradient steps fused into one jitted lax.scan call (log interval)."""
-    eval_every: int | None = None
-    """Evaluate (and checkpoint) every this many steps; also at step 0 (preset)."""
-    eval_episodes: int | None = None
-    """Evaluation episodes (preset)."""
-    shard_dir: str | None = None
-    """A 100M-style sharded dataset directory (e.g. ~/.ogbench/data/puzzle-4x4-play-100m-v0):
-    train on its shards, a new one every --swap-every steps (prefetched in the background)."""
-    swap_every: int = 1000
-    """Gradient steps per shard with --shard-dir (the authors: 1000)."""
-    dataset_dir: str | None = None
-    """OGBench data directory (default $FLOWRL_OGBENCH_DIR or ~/.ogbench/data)."""
-    rebuild_episodes: int | None = None
-    """If the dataset is missing and can be rebuilt offline, rebuild this many episodes."""
-    rebuild_workers: int = 2
-    """Processes for the offline rebuild."""
-    run_dir: str | None = None
-    """Run directory (default runs/<env>-<seed>-<time>)."""
-    resume: str | None = None
-    """Continue the run in this directory from its last checkpoint."""
-    tensorboard: bool = False
-    """Also write TensorBoard event files (needs tensorboardX)."""
-    track: bool = False
-    """Log to Weights & Biases (needs wandb and a login); off by default."""
-    video_episodes: int = 0
-    """Render this many evaluation episodes to MP4 at each evaluation (MUJOCO_GL=egl)."""
-    progress: bool = True
-    """Show a progress bar."""
-
-
-# Fields a resumed run may change without breaking bitwise reproducibility.
-RESUMABLE = (
-    "steps",
-    "run_dir",
-    "resume",
-    "tensorboard",
-    "track",
-    "video_episodes",
-    "progress",
-    "distributed",
-    "coordinator",
-    "num_processes",
-    "process_id",
-)
 
 
 class Hyper(NamedTuple):
@@ -443,74 +376,26 @@ def make_acting(hp: Hyper, action_dim: int):
 
 
 # ----------------------------------------------------------------------------------------
-# Training: the library's shared loop does logging, evaluation, checkpoints and resume.
+# Training: the library's shared driver and loop do data, logging, evaluation, checkpoints,
+# resume, seeds and devices.
 # ----------------------------------------------------------------------------------------
 
 
+LEARNER = flowrl.Learner(
+    name="RQL",
+    resolve=resolve,
+    init=init_state,
+    make_block=lambda cfg, seeds: make_block(
+        hyper(cfg), make_optimizer(cfg), cfg.block, seeds=seeds
+    ),
+    make_policy=lambda cfg, act_dim: make_acting(hyper(cfg), act_dim),
+    make_validation=lambda cfg: make_validation(hyper(cfg)),
+)
+
+
 def train(cfg: Config) -> Path:
-    if cfg.distributed:
-        flowrl.init_distributed(cfg.coordinator, cfg.num_processes, cfg.process_id)
-    if cfg.resume:  # the saved config, except the run-control fields given now
-        cfg = flowrl.restore_config(cfg, cfg.resume, RESUMABLE)
-    cfg = resolve(cfg)
-    run_dir = Path(
-        cfg.resume
-        or cfg.run_dir
-        or f"runs/{cfg.env_name}-s{'_'.join(map(str, cfg.seeds or [cfg.seed]))}"
-        f"-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    shards = None
-    if cfg.shard_dir:  # 100M-style data: stream the shards, start at the resumed position
-        data = load_sharded_ogbench(cfg.env_name, cfg.shard_dir, sparse_reward=cfg.sparse_reward)
-        shards = lambda k: open_ogbench_shards(  # noqa: E731
-            cfg.env_name,
-            shard_dir=cfg.shard_dir,
-            seed=cfg.seed,
-            sparse_reward=cfg.sparse_reward,
-            start=k,
-        )
-    else:
-        data = load_or_rebuild(
-            cfg.env_name,
-            dataset_dir=cfg.dataset_dir,
-            sparse_reward=cfg.sparse_reward,
-            rebuild_episodes=cfg.rebuild_episodes,
-            rebuild_workers=cfg.rebuild_workers,
-            progress=cfg.progress,
-        )
-    hp, opt, act_dim = hyper(cfg), make_optimizer(cfg), data.train.action_dim
-    dims = (data.train.obs_dim, cfg.horizon * act_dim)
-    if cfg.seeds:  # a stacked state, seed axis first, split over the devices
-        keys = jnp.stack([jax.random.key(s) for s in cfg.seeds])
-        state = eqx.filter_vmap(lambda k: init_state(cfg, *dims, k))(keys)
-        if jax.device_count() > 1:
-            state = flowrl.shard_seeds(state, flowrl.seed_mesh())
-    else:
-        state = init_state(cfg, *dims, jax.random.key(cfg.seed))
-    flowrl.train_loop(
-        state,
-        make_block(hp, opt, cfg.block, seeds=bool(cfg.seeds)),
-        data=data,
-        policy=make_acting(hp, act_dim),
-        validate=make_validation(hp),
-        run_dir=run_dir,
-        config=dataclasses.asdict(cfg),
-        steps=cfg.steps,
-        block_size=cfg.block,
-        eval_every=cfg.eval_every,
-        eval_episodes=cfg.eval_episodes,
-        seed=cfg.seeds or cfg.seed,
-        resume=bool(cfg.resume),
-        may_differ=RESUMABLE,
-        show_progress=cfg.progress,
-        tensorboard=cfg.tensorboard,
-        track=cfg.track,
-        video_episodes=cfg.video_episodes,
-        title=f"RQL {cfg.env_name}",
-        train_shards=shards,
-        swap_every=cfg.swap_every,
-    )
-    return run_dir
+    """Train RQL: the library's shared driver does data, logging, evaluation, checkpoints."""
+    return flowrl.run(cfg, LEARNER)
 
 
 if __name__ == "__main__":

@@ -39,3 +39,11 @@ def test_index_example_runs_and_gives_partial_actions(capsys):
     np.testing.assert_allclose(rev.t, 1.0 - scope["depth"], atol=1e-6)
     assert float(scope["loss"]) > 0 and bool(jnp.isfinite(scope["loss"]))
     assert "(8, 3)" in capsys.readouterr().out
+
+
+def test_no_learner_example_is_longer_than_the_rql_one():
+    examples = DOCS.parent / "examples"
+    lines = {p.name: len(p.read_text().splitlines()) for p in examples.glob("*_ogbench.py")}
+    assert len(lines) >= 3
+    longest = max(lines, key=lines.get)
+    assert lines[longest] <= lines["rql_ogbench.py"], lines

@@ -151,5 +151,10 @@ def test_smoke_run_on_tiny_rebuilt_data(tiny_cube_dir, tmp_path):
         assert all(np.isfinite(r[name]) for r in train_rows), name
     # RQL's mixed depths: only d = 0 on the grid half reaches the complete action (~1/22).
     assert 0.0 < train_rows[-1]["env_target_fraction"] < 0.15
-    with pytest.raises(ValueError, match="--seeds"):
-        naive.train(dataclasses.replace(cfg, seeds=(0, 1)))
+    # Several seeds in one process work for every learner through flowrl.run.
+    two = naive.train(
+        dataclasses.replace(
+            cfg, seeds=(0, 1), steps=100, eval_every=100, run_dir=str(tmp_path / "naive2")
+        )
+    )
+    assert [r["step"] for r in flowrl.CSVLogger(two / "seed1").read("train")] == [100]

@@ -36,7 +36,7 @@ def leaves(run_dir):
     cfg = rql.resolve(dataclasses.replace(rql.Config(), **{**cfg, "hidden": tuple(cfg["hidden"])}))
     like = rql.init_state(cfg, 28, cfg.horizon * 5, jax.random.key(0))
     state, step = flowrl.load_checkpoint(
-        run_dir / "checkpoint", like, dataclasses.asdict(cfg), may_differ=rql.RESUMABLE
+        run_dir / "checkpoint", like, dataclasses.asdict(cfg), may_differ=flowrl.RUN_CONTROL
     )
     return step, [
         np.asarray(x)
@@ -72,7 +72,7 @@ def test_incompatible_checkpoint_is_refused(tiny_cube_dir, tmp_path):
     like = rql.init_state(cfg, 28, 25, jax.random.key(0))
     with pytest.raises(flowrl.CheckpointError, match="num_critics: saved 2 vs now 3"):
         flowrl.load_checkpoint(
-            run / "checkpoint", like, dataclasses.asdict(cfg), may_differ=rql.RESUMABLE
+            run / "checkpoint", like, dataclasses.asdict(cfg), may_differ=flowrl.RUN_CONTROL
         )
 
 
@@ -142,3 +142,10 @@ def test_shards_swap_every_n_steps_and_resume_bitwise(tiny_shard_dir, tmp_path):
     ds0 = np.load(tiny_shard_dir / "cube-single-play-v0-000.npz")["actions"]
     ds1 = np.load(tiny_shard_dir / "cube-single-play-v0-001.npz")["actions"]
     assert not np.array_equal(ds0, ds1)
+
+
+def test_cpu_default_is_the_measured_budget():
+    cfg = rql.resolve(rql.Config())
+    assert cfg.env_name == "cube-single-play-singletask-task2-v0" and cfg.steps == 50_000
+    assert (cfg.hidden, cfg.num_critics, cfg.batch_size) == ((256, 256), 2, 256)
+    assert (cfg.alpha, cfg.kappa, cfg.rho, cfg.horizon) == (10.0, 0.9, 0.5, 5)

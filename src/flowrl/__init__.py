@@ -63,6 +63,10 @@ from ._returns import lambda_returns as lambda_returns
 from ._returns import n_step_bootstrapped_returns as n_step_bootstrapped_returns
 from ._returns import rql_window_target as rql_window_target
 from ._returns import window_valid as window_valid
+from ._run import RUN_CONTROL as RUN_CONTROL
+from ._run import Learner as Learner
+from ._run import RunConfig as RunConfig
+from ._run import run as run
 from ._stats import Interval as Interval
 from ._stats import confidence_interval as confidence_interval
 from ._targets import periodic_update as periodic_update
@@ -77,6 +81,10 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree
     from ._version import __version__ as __version__
 
 __all__ = [
+    "RUN_CONTROL",
+    "Learner",
+    "RunConfig",
+    "run",
     "AbstractVelocityField",
     "CSVLogger",
     "CheckpointError",
