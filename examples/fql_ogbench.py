@@ -329,17 +329,10 @@ def train_step(state: FQLState, dataset: Dataset, hp: Hyper, opt):
 
 
 def make_block(hp: Hyper, opt, num_steps: int, *, seeds: bool = False):
-    """One jitted call = `num_steps` updates in a lax.scan; the state buffers are donated.
-    With `seeds=True` the state has a leading seed axis and every step is vmapped over it."""
+    """One jitted call = `num_steps` updates in a lax.scan, state donated; with `seeds=True`
+    vmapped over a leading seed axis of the state ([`flowrl.jit_block`][])."""
     step = lambda state, dataset: train_step(state, dataset, hp, opt)  # noqa: E731
-    if seeds:
-        step = eqx.filter_vmap(step, in_axes=(0, None))
-
-    @eqx.filter_jit(donate="all-except-first")
-    def block(dataset: Dataset, state: FQLState):
-        return flowrl.scan_block(lambda s: step(s, dataset), state, num_steps)
-
-    return block
+    return flowrl.jit_block(step, num_steps, seeds=seeds)
 
 
 def make_validation(hp: Hyper):

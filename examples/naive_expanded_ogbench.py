@@ -149,22 +149,15 @@ def sample(dataset: Dataset, key: PRNGKeyArray, hp: rql.Hyper, depths: str):
 
 
 def make_block(hp: rql.Hyper, opt, num_steps: int, depths: str = "mixed", *, seeds=False):
-    """One jitted call = `num_steps` updates in a lax.scan; the state buffers are donated.
-    With `seeds=True` the state has a leading seed axis and every step is vmapped over it."""
+    """One jitted call = `num_steps` updates in a lax.scan, state donated; with `seeds=True`
+    vmapped over a leading seed axis of the state ([`flowrl.jit_block`][])."""
 
     def train_step(state: rql.RQLState, dataset: Dataset):
         key, k_sample = jax.random.split(state.key)
         batch, draws = sample(dataset, k_sample, hp, depths)
         return update(eqx.tree_at(lambda s: s.key, state, key), batch, draws, hp, opt)
 
-    if seeds:
-        train_step = eqx.filter_vmap(train_step, in_axes=(0, None))
-
-    @eqx.filter_jit(donate="all-except-first")
-    def block(dataset: Dataset, state: rql.RQLState):
-        return flowrl.scan_block(lambda s: train_step(s, dataset), state, num_steps)
-
-    return block
+    return flowrl.jit_block(train_step, num_steps, seeds=seeds)
 
 
 def make_validation(hp: rql.Hyper, depths: str = "mixed"):

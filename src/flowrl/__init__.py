@@ -35,6 +35,7 @@ from ._experiment import CSVLogger as CSVLogger
 from ._experiment import ExtraWriters as ExtraWriters
 from ._experiment import NonFiniteLossError as NonFiniteLossError
 from ._experiment import check_finite as check_finite
+from ._experiment import jit_block as jit_block
 from ._experiment import load_checkpoint as load_checkpoint
 from ._experiment import plot_learning_curve as plot_learning_curve
 from ._experiment import progress as progress
@@ -97,6 +98,7 @@ __all__ = [
     "plot_learning_curve",
     "progress",
     "init_distributed",
+    "jit_block",
     "restore_config",
     "same_placement",
     "seed_mesh",

@@ -44,6 +44,33 @@ def scan_block(
     return jax.lax.scan(body, state, None, length=num_steps)
 
 
+def jit_block(
+    step: Callable[[S, Any], tuple[S, dict[str, jax.Array]]], num_steps: int, *, seeds: bool = False
+) -> Callable[[Any, S], tuple[S, dict[str, jax.Array]]]:
+    """The jitted training block of a learner: `block(dataset, state) -> (state, metrics)` runs
+    `num_steps` calls of `step(state, dataset)` in one [`flowrl.scan_block`][], compiled once,
+    with the state's buffers donated (the dataset is not).
+
+    **Arguments:**
+
+    - `step`: one update, `step(state, dataset) -> (state, metrics)`, sampling its own batch
+      on device from keys in the state.
+    - `num_steps`: updates per call.
+    - `seeds`: the state carries a leading seed axis; every step is `vmap`ped over it (the
+      dataset is shared), so the metrics come back shaped `(num_steps, S)`.
+
+    **Returns:** the block function (an `eqx.filter_jit`).
+    """
+    if seeds:
+        step = eqx.filter_vmap(step, in_axes=(0, None))
+
+    @eqx.filter_jit(donate="all-except-first")
+    def block(dataset, state):
+        return scan_block(lambda s: step(s, dataset), state, num_steps)
+
+    return block
+
+
 class NonFiniteLossError(FloatingPointError):
     """A training loss became NaN or infinite; the message names the step and the loss."""
 
