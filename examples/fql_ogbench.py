@@ -22,7 +22,6 @@ target from the same window sampler) with the FQL paper's alphas (tuned for h = 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import warnings
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -394,4 +393,4 @@ def train(cfg: Config) -> Path:
 if __name__ == "__main__":
     import tyro
 
-    sys.exit(0 if train(tyro.cli(Config)) else 1)
+    train(tyro.cli(Config))

@@ -31,7 +31,6 @@ and every backup adds its own bootstrapping bias. RQL's shared target keeps the 
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Literal
 
@@ -191,4 +190,4 @@ def train(cfg: Config) -> Path:
 if __name__ == "__main__":
     import tyro
 
-    sys.exit(0 if train(tyro.cli(Config)) else 1)
+    train(tyro.cli(Config))

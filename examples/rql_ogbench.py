@@ -11,7 +11,6 @@ one update, a scan-fused training block, acting, and the training loop.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import warnings
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -394,4 +393,4 @@ def train(cfg: Config) -> Path:
 if __name__ == "__main__":
     import tyro
 
-    sys.exit(0 if train(tyro.cli(Config)) else 1)
+    train(tyro.cli(Config))

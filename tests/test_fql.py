@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from toy_data import bimodal_bandit
 
 import flowrl
-from flowrl.data import Dataset, Windows
+from flowrl.data import Windows
 
 
 class TripleActor(eqx.Module):
@@ -185,23 +186,8 @@ def test_smoke_run_on_tiny_rebuilt_data(tiny_cube_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def bandit():
-    """One-step episodes; behaviour picks a = -0.6 (reward -1) 70 % of the time and
-    a = +0.6 (reward 0) 30 %: the better mode is the rarer one (as in test_rql_learning)."""
-    rng = np.random.default_rng(0)
-    n = 4096
-    obs = rng.normal(size=(n, 2)).astype(np.float32)
-    good = rng.random(n) < 0.3
-    act = np.where(good, 0.6, -0.6) + 0.05 * rng.normal(size=n)
-    return Dataset.from_arrays(
-        dict(
-            observations=obs,
-            next_observations=obs,
-            actions=act[:, None].astype(np.float32),
-            rewards=np.where(good, 0.0, -1.0).astype(np.float32),
-            masks=np.zeros(n, np.float32),
-            terminals=np.ones(n, np.float32),
-        )
-    )
+    """The bimodal bandit: the better mode (reward 0) is the rarer one, 30 % of the data."""
+    return bimodal_bandit()
 
 
 def test_fql_picks_the_better_mode_where_its_bc_flow_follows_the_data(bandit):

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 import rql_ogbench as rql
+from toy_data import bimodal_bandit
 
 import flowrl
 from flowrl.data import Dataset
@@ -54,23 +55,8 @@ def sample_actions(actor, obs, key, steps=10):
 
 @pytest.fixture(scope="module")
 def bandit():
-    """One-step episodes; behaviour picks a = -0.6 (reward -1) 70 % of the time and
-    a = +0.6 (reward 0) 30 %: the better mode is the rarer one."""
-    rng = np.random.default_rng(0)
-    n = 4096
-    obs = rng.normal(size=(n, 2)).astype(np.float32)
-    good = rng.random(n) < 0.3
-    act = np.where(good, 0.6, -0.6) + 0.05 * rng.normal(size=n)
-    return Dataset.from_arrays(
-        dict(
-            observations=obs,
-            next_observations=obs,
-            actions=act[:, None].astype(np.float32),
-            rewards=np.where(good, 0.0, -1.0).astype(np.float32),
-            masks=np.zeros(n, np.float32),
-            terminals=np.ones(n, np.float32),
-        )
-    )
+    """The bimodal bandit: the better mode (reward 0) is the rarer one, 30 % of the data."""
+    return bimodal_bandit()
 
 
 def test_rql_picks_the_better_mode_where_bc_follows_the_data(bandit):
