@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                      # all cases, table + JSON
     python benchmarks/throughput.py --cases paper-manip  # one case
     python benchmarks/throughput.py --json out.json
+    python benchmarks/throughput.py --seeds 1 8          # 1 seed, then 8 seeds in one block
 
 For each case: gradient steps per second of the jitted, scan-fused training block (median over
 repeats, after a warm-up block), compile time (first call minus a steady call), FLOP per update
@@ -13,6 +14,12 @@ same run on the critic's layer shapes. Cases:
 - `paper-manip`: 4 x 512 MLPs, K = 10, batch 256, F = 10, obs 37, action 5, h = 5
 - `paper-loco`: same size, obs 29, action 8, h = 1
 - `cpu-default`: the example's CPU preset (2 x 256, K = 2), obs 28, action 5, h = 5
+
+With `--seeds N ...`, each case is measured once per N: N independent learner states stacked
+on a leading axis and one block `vmap`ped over them (`--seeds` of the examples; on several
+devices the seed axis is split over them). `steps_per_s` is then per seed and
+`aggregate_steps_per_s` = N x `steps_per_s`; `scaling` is the aggregate over the 1-seed figure
+when both were measured.
 
 Data are synthetic (random windows of 1000-step trajectories): throughput does not depend on
 their values. Report the machine with the figures; on a shared machine the numbers drop.
@@ -29,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 import rql_ogbench as rql  # noqa: E402
 
+import flowrl  # noqa: E402
 from flowrl.data import Dataset  # noqa: E402
 
 CASES = {
@@ -91,7 +100,8 @@ def device_memory() -> dict | None:
     return {k: stats.get(k) for k in ("peak_bytes_in_use", "bytes_limit")}
 
 
-def run_case(name: str, block: int, repeats: int) -> dict:
+def case_config(name: str, block: int):
+    """The example's config for a case, its hyperparameters, optimizer and synthetic data."""
     spec = CASES[name]
     cfg = rql.resolve(
         dataclasses.replace(
@@ -108,10 +118,14 @@ def run_case(name: str, block: int, repeats: int) -> dict:
             eval_every=block,
         )
     )
-    hp, opt = rql.hyper(cfg), rql.make_optimizer(cfg)
-    ds = synthetic_dataset(spec["obs"], spec["act"])
-    state = rql.init_state(cfg, ds.obs_dim, cfg.horizon * ds.action_dim, jax.random.key(0))
-    fn = rql.make_block(hp, opt, block)
+    return cfg, rql.hyper(cfg), rql.make_optimizer(cfg), synthetic_dataset(spec["obs"], spec["act"])
+
+
+def run_case(name: str, block: int, repeats: int, seeds: int = 1) -> dict:
+    spec = CASES[name]
+    cfg, hp, opt, ds = case_config(name, block)
+    state = init_states(cfg, ds, seeds)
+    fn = rql.make_block(hp, opt, block, seeds=seeds > 1)
     t0 = time.perf_counter()
     state, metrics = fn(ds, state)
     jax.block_until_ready(metrics)
@@ -123,11 +137,12 @@ def run_case(name: str, block: int, repeats: int) -> dict:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     per_block = float(np.median(times))
-    flops = cost_flops(hp, opt, ds, state) / 1  # per update
+    flops = cost_flops(hp, opt, ds, state, seeds)  # per update of all seeds together
     ceiling = matmul_ceiling(cfg.batch_size, cfg.hidden[0], cfg.num_critics)
     steps_per_s = block / per_block
     return {
         "case": name,
+        "seeds": seeds,
         "hidden": list(cfg.hidden),
         "num_critics": cfg.num_critics,
         "batch_size": cfg.batch_size,
@@ -138,6 +153,7 @@ def run_case(name: str, block: int, repeats: int) -> dict:
         "block": block,
         "repeats": repeats,
         "steps_per_s": steps_per_s,
+        "aggregate_steps_per_s": seeds * steps_per_s,
         "ms_per_step": 1e3 / steps_per_s,
         "compile_s": first - per_block,
         "gflop_per_step": flops / 1e9,
@@ -149,9 +165,26 @@ def run_case(name: str, block: int, repeats: int) -> dict:
     }
 
 
-def cost_flops(hp, opt, ds, state) -> float:
-    """FLOP of one update from XLA's cost analysis of the compiled training step."""
-    step = jax.jit(lambda d, st: rql.train_step(st, d, hp, opt))
+def init_states(cfg, ds: Dataset, seeds: int):
+    """One learner state (seed 0), or `seeds` of them (seeds 0..N-1) stacked on a leading axis
+    and, on several devices, split over them as the examples' `--seeds` does."""
+    dims = (ds.obs_dim, cfg.horizon * ds.action_dim)
+    if seeds == 1:
+        return rql.init_state(cfg, *dims, jax.random.key(0))
+    keys = jnp.stack([jax.random.key(s) for s in range(seeds)])
+    state = eqx.filter_vmap(lambda k: rql.init_state(cfg, *dims, k))(keys)
+    if jax.device_count() > 1 and seeds % jax.device_count() == 0:
+        state = flowrl.shard_seeds(state, flowrl.seed_mesh())
+    return state
+
+
+def cost_flops(hp, opt, ds, state, seeds: int = 1) -> float:
+    """FLOP of one update (of all `seeds` together) from XLA's cost analysis of the compiled
+    training step."""
+    step = lambda d, st: rql.train_step(st, d, hp, opt)  # noqa: E731
+    if seeds > 1:
+        step = jax.vmap(step, in_axes=(None, 0))
+    step = jax.jit(step)
     analysis = step.lower(ds, state).compile().cost_analysis()
     if isinstance(analysis, list):
         analysis = analysis[0]
@@ -163,8 +196,17 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--block", type=int, default=20, help="updates per jitted call")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="number(s) of seeds trained together in one vmapped block (e.g. 1 8)",
+    )
     parser.add_argument("--json", type=str, default=None, help="also write the results here")
     args = parser.parse_args()
+    if any(n < 1 for n in args.seeds):
+        parser.error(f"--seeds must be positive integers, got {args.seeds}")
     dev = jax.devices()[0]
     header = {
         "device": f"{dev.platform}: {dev.device_kind}",
@@ -174,10 +216,16 @@ def main() -> None:
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     print(json.dumps(header))
-    rows = [run_case(c, args.block, args.repeats) for c in args.cases]
+    rows = [run_case(c, args.block, args.repeats, n) for c in args.cases for n in args.seeds]
+    one_seed = {r["case"]: r["steps_per_s"] for r in rows if r["seeds"] == 1}
+    for r in rows:
+        if r["case"] in one_seed:
+            r["scaling"] = r["aggregate_steps_per_s"] / one_seed[r["case"]]
     cols = (
         "case",
+        "seeds",
         "steps_per_s",
+        "aggregate_steps_per_s",
         "ms_per_step",
         "compile_s",
         "gflop_per_step",
@@ -185,7 +233,7 @@ def main() -> None:
         "ceiling_gflops",
         "fraction_of_ceiling",
         "peak_host_mb",
-    )
+    ) + (("scaling",) if len(args.seeds) > 1 and 1 in args.seeds else ())
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
