@@ -147,7 +147,7 @@ def main() -> None:
         kind = f"{direction} {'matmul' if e['name'].startswith(DOTS) else 'other'}"
         table[(line, kind)] += e["dur"] / 1e3 / steps
     total = sum(table.values())
-    cores = os.cpu_count() if jax.devices()[0].platform == "cpu" else 1
+    cores = len(os.sched_getaffinity(0)) if jax.devices()[0].platform == "cpu" else 1
     print(f"case {args.case}, block {args.block}, {steps} traced updates, {jax.devices()[0]}")
     print(f"wall {wall * 1e3:.1f} ms/update (under the profiler); op time {total:.1f} ms/update")
     if cores > 1:
