@@ -12,6 +12,12 @@ several threads at once, so "op ms" add up to more than the wall time: the table
 the op time over wall time x cores, an estimate of how busy the cores were (threads waiting
 inside an operation count as busy).
 
+With `--perf SECONDS` it instead runs the block for that long under Linux `perf record` (CPU
+time by function, sampled at 999 Hz on every thread) and groups the samples: matmul kernels,
+transposes and packing, other library kernels, code XLA generated (elementwise fusions),
+memory copies, the kernel (page faults), and threads spinning or waiting for work. It needs the
+`perf` tool and permission to trace this process.
+
 The profiler adds overhead (about 10 %): use `throughput.py` for steps/s. The trace format is
 JAX's own (`*.trace.json.gz`, no extra package) and the dump is XLA's text format; both are
 internal formats and may change between JAX versions (checked with jax 0.10.2).
@@ -25,6 +31,9 @@ import gzip
 import json
 import os
 import re
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -97,6 +106,65 @@ def hlo_sources(text: str, learner_file: str) -> dict[str, tuple[str, str, str]]
     return out
 
 
+PERF_GROUPS = (  # (group, test on "dso symbol"), first match wins
+    ("matmul kernels", lambda t: re.search(r"ynn::dot|xnn_.*gemm|gemm_kernel|gebp|sgemm", t)),
+    ("transposes, packing", lambda t: re.search(r"transpose|pack", t)),
+    (
+        "waiting, spinning, scheduling",
+        lambda t: re.search(r"Steal|PopBack|MaybeGetTask|WorkerLoop|wait_for|spin|futex|sched", t),
+    ),
+    ("other library kernels (ynn)", lambda t: "ynn::" in t),
+    ("XLA-generated code (fusions)", lambda t: t.startswith("[JIT]")),
+    ("memory copies (libc)", lambda t: t.startswith("libc")),
+    ("operating system (page faults, ...)", lambda t: t.startswith("[kernel")),
+)
+
+
+def perf_profile(fn, ds, state, seconds: float, cores: int) -> None:
+    """Run the block for `seconds` under `perf record` and print CPU time by group."""
+    data = Path(tempfile.mkdtemp(prefix="flowrl_perf_")) / "perf.data"
+    cmd = ["perf", "record", "-F", "999", "-p", str(os.getpid()), "-o", str(data)]
+    rec = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # let perf attach
+    t0, calls = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        state, metrics = fn(ds, state)
+        jax.block_until_ready(metrics)
+        calls += 1
+    wall = time.perf_counter() - t0
+    rec.send_signal(signal.SIGINT)
+    _, err = rec.communicate()
+    if rec.returncode not in (0, -signal.SIGINT) or not data.exists():
+        raise RuntimeError(f"perf record failed (permissions? perf_event_paranoid): {err}")
+    report = subprocess.run(
+        ["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,sym", "--stdio"]
+        + ["-g", "none", "-n"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    groups: dict[str, int] = defaultdict(int)
+    top: list[tuple[int, str]] = []
+    for line in report.splitlines():
+        m = re.match(r"\s*[\d.]+%\s+(\d+)\s+(\S+(?: tid \d+)?)\s+\[.\]\s+(.*)", line)
+        if not m:
+            continue
+        samples, text = int(m[1]), f"{m[2]} {m[3]}"
+        group = next((g for g, test in PERF_GROUPS if test(text)), "other")
+        groups[group] += samples
+        top.append((samples, text))
+    total = sum(groups.values())
+    print(f"perf: {calls} block calls in {wall:.1f} s, {total} samples at 999 Hz")
+    print(f"on-CPU share of {cores} cores: {total / (999 * wall * cores):.0%}")
+    print("| CPU time in | share |")
+    print("|---|--:|")
+    for group, n in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"| {group} | {n / total:.1%} |")
+    print("top functions:")
+    for n, text in sorted(top, reverse=True)[:8]:
+        print(f"  {n / total:6.1%}  {text[:100]}")
+
+
 def source_text(path: str, line: int) -> str:
     try:
         return Path(path).read_text().splitlines()[line - 1].strip()[:60]
@@ -110,9 +178,14 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=5, help="updates per jitted call")
     parser.add_argument("--calls", type=int, default=2, help="block calls traced")
     parser.add_argument("--top", type=int, default=25, help="rows printed")
+    parser.add_argument(
+        "--perf", type=float, default=None, metavar="SECONDS", help="CPU time by function instead"
+    )
     args = parser.parse_args()
     if args.block < 1 or args.calls < 1:
         parser.error("--block and --calls must be >= 1")
+    if args.perf is not None and (args.perf <= 0 or shutil.which("perf") is None):
+        parser.error("--perf needs a positive number of seconds and the Linux `perf` tool")
 
     cfg, hp, opt, ds = throughput.case_config(args.case, args.block)
     state = throughput.init_states(cfg, ds, 1)
@@ -120,6 +193,9 @@ def main() -> None:
     for _ in range(2):  # compile, then one warm call
         state, metrics = fn(ds, state)
         jax.block_until_ready(metrics)
+    cores = len(os.sched_getaffinity(0)) if jax.devices()[0].platform == "cpu" else 1
+    if args.perf is not None:
+        return perf_profile(fn, ds, state, args.perf, cores)
     trace_dir = tempfile.mkdtemp(prefix="flowrl_trace_")
     t0 = time.perf_counter()
     with jax.profiler.trace(trace_dir):
@@ -147,7 +223,6 @@ def main() -> None:
         kind = f"{direction} {'matmul' if e['name'].startswith(DOTS) else 'other'}"
         table[(line, kind)] += e["dur"] / 1e3 / steps
     total = sum(table.values())
-    cores = len(os.sched_getaffinity(0)) if jax.devices()[0].platform == "cpu" else 1
     print(f"case {args.case}, block {args.block}, {steps} traced updates, {jax.devices()[0]}")
     print(f"wall {wall * 1e3:.1f} ms/update (under the profiler); op time {total:.1f} ms/update")
     if cores > 1:

@@ -9,7 +9,10 @@ For each case: gradient steps per second of the jitted, scan-fused training bloc
 repeats, after a warm-up block), compile time (first call minus a steady call), FLOP per update
 (XLA's cost analysis of the compiled block), achieved FLOP/s, peak host memory (max RSS of this
 process), device memory where a GPU is present, and the float32 matmul ceiling measured in the
-same run on the critic's layer shapes. Cases:
+same run on the critic's layer shapes. A block is 100 updates by default (`--block`); the
+examples run 1000 per call. Short blocks cost a few percent: each call page-faults the block's
+temporary buffers afresh (about 4 % of CPU time at 5 updates per call, under 1 % at 50,
+`profile_step.py --perf`). Cases:
 
 - `paper-manip`: 4 x 512 MLPs, K = 10, batch 256, F = 10, obs 37, action 5, h = 5
 - `paper-loco`: same size, obs 29, action 8, h = 1
@@ -194,7 +197,9 @@ def cost_flops(hp, opt, ds, state, seeds: int = 1) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description="RQL update throughput")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--block", type=int, default=20, help="updates per jitted call")
+    parser.add_argument(
+        "--block", type=int, default=100, help="updates per jitted call (the examples: 1000)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case")
     parser.add_argument(
         "--seeds",
