@@ -212,6 +212,8 @@ def main() -> None:
     args = parser.parse_args()
     if any(n < 1 for n in args.seeds):
         parser.error(f"--seeds must be positive integers, got {args.seeds}")
+    if args.block < 1 or args.repeats < 1:
+        parser.error(f"--block and --repeats must be >= 1, got {args.block} and {args.repeats}")
     dev = jax.devices()[0]
     header = {
         "device": f"{dev.platform}: {dev.device_kind}",
