@@ -15,6 +15,9 @@ Variants that REMOVE a part (wrong maths; they measure what that part costs in w
 - `no-target`: the bootstrap value is 0, no target-critic forward pass.
 - `no-one-hop`: no value term for the actor, no one-hop critic pass.
 - `sgd-no-targets`: plain SGD instead of Adam, and no target-critic or EMA updates.
+- `no-critic-elementwise`: the critic's hidden layers without GELU and LayerNorm (an upper
+  bound on what making them cheaper could gain); `no-critic-gelu`, `no-critic-layernorm`:
+  without one of the two.
 
 Variants that keep the maths (candidate optimisations, same results up to rounding):
 
@@ -79,6 +82,20 @@ def _sgd_no_targets():
     rql.make_optimizer = lambda cfg: optax.sgd(cfg.lr)
     keep = lambda online, target, tau: target  # noqa: E731
     rql.flowrl = _Namespace(rql.flowrl, polyak_update=keep)
+
+
+def _critic_without(gelu: bool, layer_norm: bool):
+    def members_apply(members, z):
+        h, last = z, len(members.layers) - 1
+        for i, layer in enumerate(members.layers):
+            h = jnp.einsum("i,koi->ko" if i == 0 else "ki,koi->ko", h, layer.weight) + layer.bias
+            if i < last and not gelu:
+                h = jax.nn.gelu(h)
+            if i < last and not layer_norm:
+                h = critics._layer_norm(h, members.norms[i])
+        return h[:, 0]
+
+    critics._members_apply = members_apply
 
 
 def _member_major():
@@ -147,6 +164,9 @@ VARIANTS = {
     "no-target": _no_target,
     "no-one-hop": _no_one_hop,
     "sgd-no-targets": _sgd_no_targets,
+    "no-critic-elementwise": lambda: _critic_without(gelu=True, layer_norm=True),
+    "no-critic-gelu": lambda: _critic_without(gelu=True, layer_norm=False),
+    "no-critic-layernorm": lambda: _critic_without(gelu=False, layer_norm=True),
     "member-major": _member_major,
     "fast-variance": _fast_variance,
 }
