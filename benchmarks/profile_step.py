@@ -26,6 +26,7 @@ internal formats and may change between JAX versions (checked with jax 0.10.2).
 from __future__ import annotations
 
 import argparse
+import atexit
 import glob
 import gzip
 import json
@@ -41,6 +42,7 @@ from collections import defaultdict
 from pathlib import Path
 
 DUMP = tempfile.mkdtemp(prefix="flowrl_hlo_")
+atexit.register(shutil.rmtree, DUMP, ignore_errors=True)
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={DUMP}".strip()
 
 import jax  # noqa: E402
@@ -122,7 +124,9 @@ PERF_GROUPS = (  # (group, test on "dso symbol"), first match wins
 
 def perf_profile(fn, ds, state, seconds: float, cores: int) -> None:
     """Run the block for `seconds` under `perf record` and print CPU time by group."""
-    data = Path(tempfile.mkdtemp(prefix="flowrl_perf_")) / "perf.data"
+    scratch = tempfile.mkdtemp(prefix="flowrl_perf_")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    data = Path(scratch) / "perf.data"
     cmd = ["perf", "record", "-F", "999", "-p", str(os.getpid()), "-o", str(data)]
     rec = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # let perf attach
@@ -197,6 +201,7 @@ def main() -> None:
     if args.perf is not None:
         return perf_profile(fn, ds, state, args.perf, cores)
     trace_dir = tempfile.mkdtemp(prefix="flowrl_trace_")
+    atexit.register(shutil.rmtree, trace_dir, ignore_errors=True)
     t0 = time.perf_counter()
     with jax.profiler.trace(trace_dir):
         for _ in range(args.calls):

@@ -39,7 +39,6 @@ import sys
 import time
 from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -174,24 +173,22 @@ def init_states(cfg, ds: Dataset, seeds: int):
     dims = (ds.obs_dim, cfg.horizon * ds.action_dim)
     if seeds == 1:
         return rql.init_state(cfg, *dims, jax.random.key(0))
-    keys = jnp.stack([jax.random.key(s) for s in range(seeds)])
-    state = eqx.filter_vmap(lambda k: rql.init_state(cfg, *dims, k))(keys)
-    if jax.device_count() > 1 and seeds % jax.device_count() == 0:
-        state = flowrl.shard_seeds(state, flowrl.seed_mesh())
-    return state
+    return flowrl.init_seeds(lambda k: rql.init_state(cfg, *dims, k), range(seeds))
 
 
 def cost_flops(hp, opt, ds, state, seeds: int = 1) -> float:
     """FLOP of one update (of all `seeds` together) from XLA's cost analysis of the compiled
-    training step."""
+    training step. With the seeds split over several devices, XLA reports one device's share:
+    it is multiplied by the number of devices."""
     step = lambda d, st: rql.train_step(st, d, hp, opt)  # noqa: E731
     if seeds > 1:
         step = jax.vmap(step, in_axes=(None, 0))
-    step = jax.jit(step)
-    analysis = step.lower(ds, state).compile().cost_analysis()
+    analysis = jax.jit(step).lower(ds, state).compile().cost_analysis()
     if isinstance(analysis, list):
         analysis = analysis[0]
-    return float(analysis["flops"])
+    leaves = [x for x in jax.tree.leaves(state) if isinstance(x, jax.Array)]
+    devices = {d for x in leaves for d in x.sharding.device_set}
+    return float(analysis["flops"]) * len(devices)
 
 
 def main() -> None:

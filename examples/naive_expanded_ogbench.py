@@ -70,12 +70,7 @@ def naive_loss(models, critic_target, batch: Windows, draws: rql.Draws, hp: rql.
     lcb = lambda q: flowrl.ensemble_lcb(q, hp.rho)
 
     # The environment-level target (used only at t = 1), exactly as in RQL.
-    next_q = jax.vmap(critic_target)(s_h, draws.next_noise, jnp.zeros(B))  # (B, K)
-    y_env = jax.vmap(
-        lambda r, term, m, v: flowrl.rql_window_target(
-            r, term, m, v, hp.discount, mask_gate=hp.mask_gate
-        )
-    )(batch.rewards, batch.terminals, batch.masks, lcb(next_q.T))
+    y_env = rql.env_target(critic_target, s_h, batch, draws, hp)
 
     # Expanded states on the virtual trajectory, and their one-step targets.
     rev = jax.vmap(
@@ -92,19 +87,7 @@ def naive_loss(models, critic_target, batch: Windows, draws: rql.Draws, hp: rql.
     critic_loss = jnp.mean(batch.valid[:, None] * flowrl.expectile_loss(targets, q, hp.kappa))
 
     # Actor: RQL's, unchanged (one-hop value through u + alpha * flow matching).
-    x_t = jax.vmap(flowrl.interpolant)(draws.x0, a, draws.t)
-    u = jax.vmap(actor)(s0, x_t, draws.t)
-    chunk_mask = jnp.repeat(batch.action_mask, A_env, axis=1)
-    bc_loss = jnp.mean(jax.vmap(flowrl.flow_matching_loss)(u, draws.x0, a, chunk_mask))
-    if hp.value_at == "interpolant":
-        x_v, t_v, u_v = x_t, draws.t, u
-    else:
-        x_v, t_v = rev.x, rev.t
-        u_v = jax.vmap(actor)(s0, x_v, t_v)
-    value = jax.vmap(
-        lambda s, x, t, v: flowrl.one_hop_value_loss(critic, s, x, t, v, steps=hp.flow_steps)
-    )(s0, x_v, t_v, u_v)
-    actor_loss = jnp.mean(batch.valid * value)
+    actor_loss, bc_loss = rql.actor_terms(actor, critic, s0, a, rev, batch, draws, hp)
 
     total = actor_loss + hp.alpha * bc_loss + critic_loss
     at_one = (rev.t >= 1.0).astype(jnp.float32)
@@ -118,26 +101,6 @@ def naive_loss(models, critic_target, batch: Windows, draws: rql.Draws, hp: rql.
         env_target_fraction=jnp.mean(at_one),
     )
     return total, metrics
-
-
-def update(state: rql.RQLState, batch: Windows, draws: rql.Draws, hp: rql.Hyper, opt):
-    """One gradient step on (actor, critic); targets move towards the PRE-step weights."""
-    models = (state.actor, state.critic)
-    grads, metrics = eqx.filter_grad(naive_loss, has_aux=True)(
-        models, state.critic_target, batch, draws, hp
-    )
-    params = eqx.filter(models, eqx.is_inexact_array)
-    updates, opt_state = opt.update(grads, state.opt_state, params)
-    actor, critic = eqx.apply_updates(models, updates)
-    return rql.RQLState(
-        actor=actor,
-        actor_ema=flowrl.polyak_update(state.actor, state.actor_ema, 1.0 - hp.ema),
-        critic=critic,
-        critic_target=flowrl.polyak_update(state.critic, state.critic_target, hp.tau),
-        opt_state=opt_state,
-        key=state.key,
-        step=state.step + 1,
-    ), metrics
 
 
 def sample(dataset: Dataset, key: PRNGKeyArray, hp: rql.Hyper, depths: str):
@@ -154,7 +117,8 @@ def make_block(hp: rql.Hyper, opt, num_steps: int, depths: str = "mixed", *, see
     def train_step(state: rql.RQLState, dataset: Dataset):
         key, k_sample = jax.random.split(state.key)
         batch, draws = sample(dataset, k_sample, hp, depths)
-        return update(eqx.tree_at(lambda s: s.key, state, key), batch, draws, hp, opt)
+        state = eqx.tree_at(lambda s: s.key, state, key)
+        return rql.update(state, batch, draws, hp, opt, loss=naive_loss)
 
     return flowrl.jit_block(train_step, num_steps, seeds=seeds)
 

@@ -248,33 +248,25 @@ def draw(key: PRNGKeyArray, batch_size: int, action_dim: int, flow_steps: int) -
     )
 
 
-def rql_loss(models, critic_target, batch: Windows, draws: Draws, hp: Hyper):
-    """Total loss = one-hop value term + alpha * flow matching + critic expectile loss."""
-    actor, critic = models
-    B, h, A_env = batch.actions.shape
-    a = batch.actions.reshape(B, h * A_env)  # the chunk a_0..a_{h-1}, flattened
-    s0, s_h = batch.observations[:, 0], batch.observations[:, -1]
-
-    # Critic: every reversed point regresses onto the same environment-level target.
-    next_q = jax.vmap(critic_target)(s_h, draws.next_noise, jnp.zeros(B))  # (B, K)
+def env_target(critic_target, s_h, batch: Windows, draws: Draws, hp: Hyper):
+    """The environment-level target of each window, (B,): the window's discounted rewards plus
+    the pessimistic (lcb) target-ensemble value of `s_h` at a fresh noise `z`, `t = 0`."""
+    next_q = jax.vmap(critic_target)(s_h, draws.next_noise, jnp.zeros(s_h.shape[0]))  # (B, K)
     v_boot = flowrl.ensemble_lcb(next_q.T, hp.rho)
-    target = jax.vmap(
+    return jax.vmap(
         lambda r, term, m, v: flowrl.rql_window_target(
             r, term, m, v, hp.discount, mask_gate=hp.mask_gate
         )
     )(batch.rewards, batch.terminals, batch.masks, v_boot)
-    target = jax.lax.stop_gradient(target)
-    rev = jax.vmap(
-        lambda s, x, d: flowrl.reverse_flow(actor, s, x, d, steps=hp.flow_steps, method=hp.reversal)
-    )(s0, a, draws.depth)
-    q = jax.vmap(critic)(s0, rev.x, rev.t)  # (B, K)
-    targets = jnp.broadcast_to(target[:, None], q.shape)
-    critic_loss = jnp.mean(batch.valid[:, None] * flowrl.expectile_loss(targets, q, hp.kappa))
 
-    # Actor: flow matching on the interpolant, plus the one-hop value term (critic frozen).
+
+def actor_terms(actor, critic, s0, a, rev: flowrl.Reversal, batch: Windows, draws, hp: Hyper):
+    """RQL's actor loss, `(value term, flow-matching loss)`: flow matching on the interpolant,
+    and the one-hop value term through the frozen critic, at the interpolant (default) or at the
+    reversed points `rev`."""
     x_t = jax.vmap(flowrl.interpolant)(draws.x0, a, draws.t)
     u = jax.vmap(actor)(s0, x_t, draws.t)
-    chunk_mask = jnp.repeat(batch.action_mask, A_env, axis=1)
+    chunk_mask = jnp.repeat(batch.action_mask, batch.actions.shape[-1], axis=1)
     bc_loss = jnp.mean(jax.vmap(flowrl.flow_matching_loss)(u, draws.x0, a, chunk_mask))
     if hp.value_at == "interpolant":
         x_v, t_v, u_v = x_t, draws.t, u
@@ -284,7 +276,27 @@ def rql_loss(models, critic_target, batch: Windows, draws: Draws, hp: Hyper):
     value = jax.vmap(
         lambda s, x, t, v: flowrl.one_hop_value_loss(critic, s, x, t, v, steps=hp.flow_steps)
     )(s0, x_v, t_v, u_v)
-    actor_loss = jnp.mean(batch.valid * value)
+    return jnp.mean(batch.valid * value), bc_loss
+
+
+def rql_loss(models, critic_target, batch: Windows, draws: Draws, hp: Hyper):
+    """Total loss = one-hop value term + alpha * flow matching + critic expectile loss."""
+    actor, critic = models
+    B, h, A_env = batch.actions.shape
+    a = batch.actions.reshape(B, h * A_env)  # the chunk a_0..a_{h-1}, flattened
+    s0, s_h = batch.observations[:, 0], batch.observations[:, -1]
+
+    # Critic: every reversed point regresses onto the same environment-level target.
+    target = jax.lax.stop_gradient(env_target(critic_target, s_h, batch, draws, hp))
+    rev = jax.vmap(
+        lambda s, x, d: flowrl.reverse_flow(actor, s, x, d, steps=hp.flow_steps, method=hp.reversal)
+    )(s0, a, draws.depth)
+    q = jax.vmap(critic)(s0, rev.x, rev.t)  # (B, K)
+    targets = jnp.broadcast_to(target[:, None], q.shape)
+    critic_loss = jnp.mean(batch.valid[:, None] * flowrl.expectile_loss(targets, q, hp.kappa))
+
+    # Actor: flow matching on the interpolant, plus the one-hop value term (critic frozen).
+    actor_loss, bc_loss = actor_terms(actor, critic, s0, a, rev, batch, draws, hp)
 
     total = actor_loss + hp.alpha * bc_loss + critic_loss
     metrics = dict(
@@ -298,10 +310,11 @@ def rql_loss(models, critic_target, batch: Windows, draws: Draws, hp: Hyper):
     return total, metrics
 
 
-def update(state: RQLState, batch: Windows, draws: Draws, hp: Hyper, opt):
-    """One gradient step on (actor, critic); targets move towards the PRE-step weights."""
+def update(state: RQLState, batch: Windows, draws: Draws, hp: Hyper, opt, loss=rql_loss):
+    """One gradient step on (actor, critic) of `loss` (RQL's by default; the naive example
+    passes its own); targets move towards the PRE-step weights."""
     models = (state.actor, state.critic)
-    grads, metrics = eqx.filter_grad(rql_loss, has_aux=True)(
+    grads, metrics = eqx.filter_grad(loss, has_aux=True)(
         models, state.critic_target, batch, draws, hp
     )
     params = eqx.filter(models, eqx.is_inexact_array)

@@ -21,15 +21,7 @@ def test_stacked_seeds_cost_exactly_their_number_of_updates(throughput):
     # vmapping the update over S seeds must add no work beyond S separate updates (and lose none).
     cfg, hp, opt, ds = throughput.case_config("cpu-default", block=1)
     one = throughput.cost_flops(hp, opt, ds, throughput.init_states(cfg, ds, 1))
-    three = throughput.cost_flops(hp, opt, ds, throughput.init_states(cfg, ds, 3), seeds=3)
+    n = 2 * jax.device_count()  # split evenly over the (test session's 2 virtual) devices
+    stacked = throughput.cost_flops(hp, opt, ds, throughput.init_states(cfg, ds, n), seeds=n)
     assert one > 1e8  # 2 x 256 networks, batch 256: hundreds of MFLOP per update
-    assert three == pytest.approx(3 * one, rel=0.01)
-
-
-def test_stacked_states_are_the_single_seed_states(throughput):
-    cfg, _, _, ds = throughput.case_config("cpu-default", block=1)
-    stacked = throughput.init_states(cfg, ds, 2)
-    single = throughput.init_states(cfg, ds, 1)  # seed 0
-    first = jax.tree.map(lambda x: x[0], stacked)
-    leaves = jax.tree.leaves(jax.tree.map(lambda a, b: (a == b).all(), first, single))
-    assert all(bool(x) for x in leaves)
+    assert stacked == pytest.approx(n * one, rel=0.01)

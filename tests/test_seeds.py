@@ -144,3 +144,20 @@ print("RESULT", len(placed["w"].sharding.device_set), float(jnp.sum(placed["w"])
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
     assert lines == ["RESULT (0, 1)", "RESULT 2 6.0"], out.stdout[-2000:]
+
+
+def test_init_seeds_stacks_the_single_seed_states():
+    init = lambda k: flowrl.joint_critic(3, 2, hidden_sizes=(8,), num_members=2, key=k)  # noqa: E731
+    seeds = [3, 7] * jax.device_count()
+    stacked = flowrl.init_seeds(init, seeds)
+    for i, s in enumerate(seeds):
+        single = jax.tree.leaves(init(jax.random.key(s)))
+        assert all(
+            np.array_equal(a[i], b) for a, b in zip(jax.tree.leaves(stacked), single, strict=True)
+        )
+    assert not np.array_equal(*[jax.tree.leaves(stacked)[0][i] for i in (0, 1)])
+    with pytest.raises(ValueError, match="at least one seed"):
+        flowrl.init_seeds(init, [])
+    if jax.device_count() > 1:  # the seed axis must split evenly over the devices
+        with pytest.raises(ValueError, match="split evenly"):
+            flowrl.init_seeds(init, [0] * (jax.device_count() + 1))

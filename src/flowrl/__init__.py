@@ -21,6 +21,7 @@ from ._critics import ensemble_mean as ensemble_mean
 from ._critics import ensemble_min as ensemble_min
 from ._critics import joint_critic as joint_critic
 from ._distributed import init_distributed as init_distributed
+from ._distributed import init_seeds as init_seeds
 from ._distributed import same_placement as same_placement
 from ._distributed import seed_mesh as seed_mesh
 from ._distributed import shard_seeds as shard_seeds
@@ -101,6 +102,7 @@ __all__ = [
     "jit_block",
     "restore_config",
     "same_placement",
+    "init_seeds",
     "seed_mesh",
     "shard_seeds",
     "save_checkpoint",

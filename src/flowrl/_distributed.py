@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -41,6 +42,26 @@ def shard_seeds(tree: T, mesh: Mesh) -> T:
         )
     sharding = NamedSharding(mesh, PartitionSpec("seed"))
     return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, tree)
+
+
+def init_seeds(init: Callable[[jax.Array], T], seeds: Sequence[int]) -> T:
+    """The states of several seeds stacked on a leading seed axis: element `i` is
+    `init(jax.random.key(seeds[i]))`, built in one `vmap`. With several devices the seed axis
+    is split over all of them ([`flowrl.shard_seeds`][]), so `len(seeds)` must then be a
+    multiple of the device count.
+
+    **Arguments:** `init`, a function from a PRNG key to a learner state (a pytree of arrays);
+    `seeds`, the integer seeds (at least one).
+
+    **Returns:** the stacked (and, on several devices, placed) state.
+    """
+    if len(seeds) < 1:
+        raise ValueError("`seeds` must name at least one seed")
+    keys = jnp.stack([jax.random.key(s) for s in seeds])
+    state = eqx.filter_vmap(init)(keys)
+    if jax.device_count() > 1:
+        state = shard_seeds(state, seed_mesh())
+    return state
 
 
 def same_placement(tree: T, like: Any) -> T:

@@ -8,11 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
 
-from ._distributed import init_distributed, seed_mesh, shard_seeds
+from ._distributed import init_distributed, init_seeds
 from ._experiment import restore_config, train_loop
 
 
@@ -163,10 +161,7 @@ def run(cfg: RunConfig, learner: Learner, *, resumable: tuple[str, ...] = RUN_CO
     act_dim = data.train.action_dim
     dims = (data.train.obs_dim, getattr(cfg, "horizon", 1) * act_dim)
     if seeds:  # a stacked state, seed axis first, split over the devices
-        keys = jnp.stack([jax.random.key(s) for s in seeds])
-        state = eqx.filter_vmap(lambda k: learner.init(cfg, *dims, k))(keys)
-        if jax.device_count() > 1:
-            state = shard_seeds(state, seed_mesh())
+        state = init_seeds(lambda k: learner.init(cfg, *dims, k), seeds)
     else:
         state = learner.init(cfg, *dims, jax.random.key(cfg.seed))
     train_loop(
