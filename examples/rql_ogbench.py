@@ -165,18 +165,8 @@ def resolve(cfg: Config) -> Config:
         "flow_steps": (cfg.flow_steps >= 1, ">= 1"),
         "batch_size": (cfg.batch_size >= 2, ">= 2"),
         "num_critics": (cfg.num_critics >= 1, ">= 1"),
-        "block": (cfg.block >= 1, ">= 1"),
-        "eval_episodes": (cfg.eval_episodes >= 1, ">= 1"),
     }
-    for name, (ok, expected) in checks.items():
-        if not ok:
-            flag = "--" + name.replace("_", "-")
-            raise ValueError(f"{flag} must be {expected}, got {getattr(cfg, name)!r}")
-    if cfg.eval_every % cfg.block or cfg.steps % cfg.block:
-        raise ValueError(
-            f"--steps ({cfg.steps}) and --eval-every ({cfg.eval_every}) must be multiples of "
-            f"--block ({cfg.block})"
-        )
+    flowrl.check_config(cfg, checks)
     return cfg
 
 

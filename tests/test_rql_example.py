@@ -92,6 +92,10 @@ def test_bad_config_values_name_the_flag():
         rql.resolve(dataclasses.replace(rql.Config(), kappa=1.5))
     with pytest.raises(ValueError, match="--steps .* must be multiples of --block"):
         rql.resolve(dataclasses.replace(rql.Config(), steps=1500))
+    with pytest.raises(ValueError, match="--block must be >= 1, got 0"):
+        rql.resolve(dataclasses.replace(rql.Config(), block=0))
+    with pytest.raises(ValueError, match="--eval-episodes must be >= 1, got 0"):
+        rql.resolve(dataclasses.replace(rql.Config(), eval_episodes=0))
     with pytest.raises(ValueError, match="no preset for this environment"):
         rql.resolve(dataclasses.replace(rql.Config(), env_name="walker-run-v0"))
     cfg = rql.resolve(dataclasses.replace(rql.Config(), env_name="scene-play-singletask-task3-v0"))

@@ -68,6 +68,7 @@ from ._returns import window_valid as window_valid
 from ._run import RUN_CONTROL as RUN_CONTROL
 from ._run import Learner as Learner
 from ._run import RunConfig as RunConfig
+from ._run import check_config as check_config
 from ._run import run as run
 from ._stats import Interval as Interval
 from ._stats import confidence_interval as confidence_interval
@@ -86,6 +87,7 @@ __all__ = [
     "RUN_CONTROL",
     "Learner",
     "RunConfig",
+    "check_config",
     "run",
     "AbstractVelocityField",
     "CSVLogger",

@@ -90,6 +90,31 @@ RUN_CONTROL = (
 outputs, processes), not its results."""
 
 
+def check_config(cfg: RunConfig, checks: dict[str, tuple[bool, str]]) -> None:
+    """Validate a resolved config: the learner's `checks` and the run control's own.
+
+    `checks` maps a field name to `(ok, expected)`, e.g.
+    `{"kappa": (0 < cfg.kappa < 1, "in (0, 1)")}`. The first failing check raises `ValueError`
+    naming the command-line flag, the expected range and the value:
+    `--kappa must be in (0, 1), got 1.5`. Then `--block` and `--eval-episodes` must be
+    positive and `--steps` and `--eval-every` multiples of `--block`.
+    """
+    checks = {
+        **checks,
+        "block": (cfg.block >= 1, ">= 1"),
+        "eval_episodes": (cfg.eval_episodes is not None and cfg.eval_episodes >= 1, ">= 1"),
+    }
+    for name, (ok, expected) in checks.items():
+        if not ok:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be {expected}, got {getattr(cfg, name)!r}")
+    if cfg.eval_every % cfg.block or cfg.steps % cfg.block:
+        raise ValueError(
+            f"--steps ({cfg.steps}) and --eval-every ({cfg.eval_every}) must be multiples of "
+            f"--block ({cfg.block})"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class Learner:
     """What a learner supplies to [`flowrl.run`][]; everything else is shared.
