@@ -22,8 +22,8 @@ Variants that REMOVE a part (wrong maths; they measure what that part costs in w
 Variants that keep the maths (candidate optimisations, same results up to rounding):
 
 - `member-major`: the critic's activations laid out `(K, B, width)` instead of `(B, K, width)`,
-  through a custom batching rule (not adopted: about 2 % faster on the 2-core CPU, and it does
-  not compose with `--seeds`).
+  through a custom batching rule (not adopted: 1.5 % faster on the 2-core CPU, paired, and it
+  does not compose with `--seeds`).
 - `fast-variance`: LayerNorm variance as E[h^2] - E[h]^2 (flax's way) instead of E[(h - mean)^2].
 - `layernorm-vjp`: the critic's LayerNorm with a hand-written backward pass (the textbook
   formula, saving only the normalised activations and the inverse deviation).
