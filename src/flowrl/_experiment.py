@@ -71,6 +71,37 @@ def jit_block(
     return block
 
 
+def order_after(tree: S, deps: Any) -> S:
+    """`tree` with bit-identical values, which XLA may compute only once `deps` are computed.
+
+    A parameter carried through a [`flowrl.scan_block`][] is updated in place only if XLA can
+    see that every read of the old value comes before the write. A Polyak target that moves
+    towards the PRE-step weights reads the old weights in an operation that nothing orders
+    before the optimizer's update, and XLA then copies the carried weights on every step
+    (at RQL's paper size, six 10 MB copies per update). Pass the optimizer's parameters through
+    `order_after(models, (grads, new_targets))` and the copies go.
+
+    How: every floating-point leaf of `tree` gets `-0.0` added, a value XLA cannot fold because
+    it is computed from the first element of every floating-point leaf of `deps` (`0 * |sum|`,
+    with a NaN or inf there replaced by `-0.0`). `x + (-0.0) == x` bit for bit, for every `x`
+    (XLA's CPU code flushes subnormal numbers to zero in any arithmetic, this add included, as
+    the optimizer's own arithmetic would). The added work is one scalar and an add fused into
+    the consumer. `jax.lax.optimization_barrier`
+    does not do this on the CPU: XLA removes it before deciding the copies.
+
+    **Arguments:** `tree`, a pytree (non-float leaves pass through unchanged); `deps`, any
+    pytree whose floating-point arrays must be computed first.
+
+    **Returns:** `tree`, unchanged in value.
+    """
+    firsts = [jnp.ravel(x)[0] for x in jax.tree.leaves(deps) if eqx.is_inexact_array(x) and x.size]
+    if not firsts:
+        return tree
+    zero = -(0.0 * jnp.abs(sum(firsts)))
+    zero = jnp.where(jnp.isnan(zero), -0.0, zero)
+    return jax.tree.map(lambda x: x + zero.astype(x.dtype) if eqx.is_inexact_array(x) else x, tree)
+
+
 class NonFiniteLossError(FloatingPointError):
     """A training loss became NaN or infinite; the message names the step and the loss."""
 
