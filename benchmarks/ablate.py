@@ -30,6 +30,11 @@ Variants that keep the maths (candidate optimisations, same results up to roundi
 - `sigmoid-gelu`: the critic's tanh-GELU written as x * sigmoid(2 y), with its derivative by hand.
 - `weights-in-out`: the critic's weights stored `(K, in, out)` instead of `(K, out, in)`.
 - `none`: B is A (a null comparison: shows the noise).
+
+Variant that UNDOES an adopted optimisation (same results; A over B shows what it gains):
+
+- `unordered`: the update without `flowrl.order_after`, so XLA copies the carried weights
+  every step (six 10 MB copies per update at the paper size).
 """
 
 from __future__ import annotations
@@ -236,8 +241,13 @@ class _Namespace:
         return self._replaced.get(name, getattr(self._module, name))
 
 
+def _unordered():
+    rql.flowrl = _Namespace(rql.flowrl, order_after=lambda tree, deps: tree)
+
+
 VARIANTS = {
     "none": lambda: None,
+    "unordered": _unordered,
     "no-reversal": _no_reversal,
     "no-target": _no_target,
     "no-one-hop": _no_one_hop,
