@@ -34,7 +34,7 @@ Variants that keep the maths (candidate optimisations, same results up to roundi
 Variant that UNDOES an adopted optimisation (same results; A over B shows what it gains):
 
 - `unordered`: the update without `flowrl.order_after`, so XLA copies the carried weights
-  every step (six 10 MB copies per update at the paper size).
+  every step (nine weight matrices, 70 MB per update at the paper size).
 """
 
 from __future__ import annotations

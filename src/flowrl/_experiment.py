@@ -78,16 +78,17 @@ def order_after(tree: S, deps: Any) -> S:
     see that every read of the old value comes before the write. A Polyak target that moves
     towards the PRE-step weights reads the old weights in an operation that nothing orders
     before the optimizer's update, and XLA then copies the carried weights on every step
-    (at RQL's paper size, six 10 MB copies per update). Pass the optimizer's parameters through
-    `order_after(models, (grads, new_targets))` and the copies go.
+    (at RQL's paper size, nine weight matrices, 70 MB, per update). Pass the target through
+    `order_after(target, grads)` before its update and the optimizer's parameters through
+    `order_after(models, (grads, new_targets))`, and the copies go.
 
     How: every floating-point leaf of `tree` gets `-0.0` added, a value XLA cannot fold because
     it is computed from the first element of every floating-point leaf of `deps` (`0 * |sum|`,
     with a NaN or inf there replaced by `-0.0`). `x + (-0.0) == x` bit for bit, for every `x`
     (XLA's CPU code flushes subnormal numbers to zero in any arithmetic, this add included, as
     the optimizer's own arithmetic would). The added work is one scalar and an add fused into
-    the consumer. `jax.lax.optimization_barrier`
-    does not do this on the CPU: XLA removes it before deciding the copies.
+    the consumer. `jax.lax.optimization_barrier` does not do this on the CPU: XLA removes it
+    before deciding the copies.
 
     **Arguments:** `tree`, a pytree (non-float leaves pass through unchanged); `deps`, any
     pytree whose floating-point arrays must be computed first.
