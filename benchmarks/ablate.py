@@ -31,10 +31,10 @@ Variants that keep the maths (candidate optimisations, same results up to roundi
 - `weights-in-out`: the critic's weights stored `(K, in, out)` instead of `(K, out, in)`.
 - `none`: B is A (a null comparison: shows the noise).
 
-Variant that UNDOES an adopted optimisation (same results; A over B shows what it gains):
+Variant that UNDOES an adopted optimisation (same maths; A over B shows what it gains):
 
-- `unordered`: the update without `flowrl.order_after`, so XLA copies the carried weights
-  every step (nine weight matrices, 70 MB per update at the paper size).
+- `unordered`: `flowrl.optimizer_step` without its `flowrl.order_after`, so XLA copies the
+  carried weights every step (nine weight matrices, 70 MB per update at the paper size).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ import throughput  # noqa: E402
 
 import flowrl  # noqa: E402
 import flowrl._critics as critics  # noqa: E402
+import flowrl._experiment as experiment  # noqa: E402
 
 rql = throughput.rql
 
@@ -89,7 +90,7 @@ def _sgd_no_targets():
 
     rql.make_optimizer = lambda cfg: optax.sgd(cfg.lr)
     keep = lambda online, target, tau: target  # noqa: E731
-    rql.flowrl = _Namespace(rql.flowrl, polyak_update=keep)
+    experiment.polyak_update = keep  # what flowrl.optimizer_step calls
 
 
 def _critic_without(gelu: bool, layer_norm: bool):
@@ -242,7 +243,7 @@ class _Namespace:
 
 
 def _unordered():
-    rql.flowrl = _Namespace(rql.flowrl, order_after=lambda tree, deps: tree)
+    experiment.order_after = lambda tree, deps: tree  # what flowrl.optimizer_step calls
 
 
 VARIANTS = {

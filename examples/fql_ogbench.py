@@ -294,14 +294,9 @@ def update(state: FQLState, batch: Windows, draws: Draws, hp: Hyper, opt):
     grads, metrics = eqx.filter_grad(fql_loss, has_aux=True)(
         models, state.critic_target, batch, draws, hp
     )
-    # Same values in an explicit order, so XLA updates the weights in place (flowrl.order_after).
-    critic_target = flowrl.polyak_update(
-        state.critic, flowrl.order_after(state.critic_target, grads), hp.tau
+    (bc_flow, actor, critic), opt_state, (critic_target,) = flowrl.optimizer_step(
+        models, grads, opt, state.opt_state, targets=[(state.critic, state.critic_target, hp.tau)]
     )
-    models = flowrl.order_after(models, (grads, critic_target))
-    params = eqx.filter(models, eqx.is_inexact_array)
-    updates, opt_state = opt.update(grads, state.opt_state, params)
-    bc_flow, actor, critic = eqx.apply_updates(models, updates)
     return FQLState(
         bc_flow=bc_flow,
         actor=actor,

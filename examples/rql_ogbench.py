@@ -307,17 +307,16 @@ def update(state: RQLState, batch: Windows, draws: Draws, hp: Hyper, opt, loss=r
     grads, metrics = eqx.filter_grad(loss, has_aux=True)(
         models, state.critic_target, batch, draws, hp
     )
-    # Explicit order (same values), so that XLA updates the carried weights in place instead of
-    # copying them every step: the target update after the loss has read the target, Adam after
-    # every read of the old weights (flowrl.order_after).
-    critic_target = flowrl.polyak_update(
-        state.critic, flowrl.order_after(state.critic_target, grads), hp.tau
+    (actor, critic), opt_state, (critic_target, actor_ema) = flowrl.optimizer_step(
+        models,
+        grads,
+        opt,
+        state.opt_state,
+        targets=[
+            (state.critic, state.critic_target, hp.tau),
+            (state.actor, state.actor_ema, 1.0 - hp.ema),
+        ],
     )
-    actor_ema = flowrl.polyak_update(state.actor, state.actor_ema, 1.0 - hp.ema)
-    models = flowrl.order_after(models, (grads, critic_target, actor_ema))
-    params = eqx.filter(models, eqx.is_inexact_array)
-    updates, opt_state = opt.update(grads, state.opt_state, params)
-    actor, critic = eqx.apply_updates(models, updates)
     return RQLState(
         actor=actor,
         actor_ema=actor_ema,

@@ -71,6 +71,51 @@ def test_order_after_lets_xla_update_carried_weights_in_place():
         np.testing.assert_array_equal(a, b)
 
 
+def test_optimizer_step_is_the_plain_step_and_targets_from_the_pre_step_weights():
+    import optax
+
+    key1, key2 = jax.random.split(jax.random.key(0))
+    models = (flowrl.MLP(3, 2, (8,), key=key1), flowrl.MLP(3, 1, (8,), key=key2))
+    grads = jax.tree.map(lambda x: 0.1 * x + 0.01, eqx.filter(models, eqx.is_inexact_array))
+    ema = jax.tree.map(lambda x: x + 0.5 if eqx.is_inexact_array(x) else x, models[0])
+    target = jax.tree.map(lambda x: x - 0.5 if eqx.is_inexact_array(x) else x, models[1])
+    opt = optax.adam(1e-2)
+    opt_state = opt.init(eqx.filter(models, eqx.is_inexact_array))
+
+    @eqx.filter_jit
+    def plain(models, opt_state, ema, target):
+        params = eqx.filter(models, eqx.is_inexact_array)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (
+            eqx.apply_updates(models, updates),
+            opt_state,
+            [
+                flowrl.polyak_update(models[0], ema, 0.1),
+                flowrl.polyak_update(models[1], target, 0.3),
+            ],
+        )
+
+    @eqx.filter_jit
+    def ordered(models, opt_state, ema, target):
+        pairs = [(models[0], ema, 0.1), (models[1], target, 0.3)]
+        return flowrl.optimizer_step(models, grads, opt, opt_state, targets=pairs)
+
+    want, got = plain(models, opt_state, ema, target), ordered(models, opt_state, ema, target)
+    leaves = lambda t: jax.tree.leaves(eqx.filter(t, eqx.is_array))  # noqa: E731
+    assert len(leaves(got)) == len(leaves(want))
+    # Models and Adam state: bit for bit. Targets: XLA compiles the ordered Polyak update
+    # differently and may round it differently in the last bit.
+    for a, b in zip(leaves(want[:2]), leaves(got[:2]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(leaves(want[2]), leaves(got[2]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert not np.array_equal(got[0][0].layers[0].weight, models[0].layers[0].weight)  # moved
+    # The target moved towards the critic's weights BEFORE the step: 0.3 w + 0.7 (w - 0.5).
+    np.testing.assert_allclose(
+        got[2][1].layers[0].weight, models[1].layers[0].weight - 0.35, rtol=1e-6, atol=1e-6
+    )
+
+
 def test_check_finite_names_step_and_loss():
     flowrl.check_finite({"a": np.ones(3), "b": np.zeros((3, 2))}, 101)
     with pytest.raises(flowrl.NonFiniteLossError, match="'critic_loss'.*at step 102"):

@@ -38,6 +38,7 @@ from ._experiment import NonFiniteLossError as NonFiniteLossError
 from ._experiment import check_finite as check_finite
 from ._experiment import jit_block as jit_block
 from ._experiment import load_checkpoint as load_checkpoint
+from ._experiment import optimizer_step as optimizer_step
 from ._experiment import order_after as order_after
 from ._experiment import plot_learning_curve as plot_learning_curve
 from ._experiment import progress as progress
@@ -103,6 +104,7 @@ __all__ = [
     "progress",
     "init_distributed",
     "jit_block",
+    "optimizer_step",
     "order_after",
     "restore_config",
     "same_placement",

@@ -17,9 +17,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from jaxtyping import ScalarLike
 
 from ._distributed import same_placement
 from ._evaluation import evaluate
+from ._targets import polyak_update
 
 S = TypeVar("S")
 
@@ -80,15 +83,18 @@ def order_after(tree: S, deps: Any) -> S:
     before the optimizer's update, and XLA then copies the carried weights on every step
     (at RQL's paper size, nine weight matrices, 70 MB, per update). Pass the target through
     `order_after(target, grads)` before its update and the optimizer's parameters through
-    `order_after(models, (grads, new_targets))`, and the copies go.
+    `order_after(models, (grads, new_targets))`, and the copies go;
+    [`flowrl.optimizer_step`][] does exactly this.
 
     How: every floating-point leaf of `tree` gets `-0.0` added, a value XLA cannot fold because
     it is computed from the first element of every floating-point leaf of `deps` (`0 * |sum|`,
     with a NaN or inf there replaced by `-0.0`). `x + (-0.0) == x` bit for bit, for every `x`
     (XLA's CPU code flushes subnormal numbers to zero in any arithmetic, this add included, as
     the optimizer's own arithmetic would). The added work is one scalar and an add fused into
-    the consumer. `jax.lax.optimization_barrier` does not do this on the CPU: XLA removes it
-    before deciding the copies.
+    the consumer. The consumer's own arithmetic is the same maths, but XLA may compile it
+    differently and round in another way: a Polyak update of an ordered target can differ from
+    the plain one in the last bit (tested). `jax.lax.optimization_barrier` does not do this on
+    the CPU: XLA removes it before deciding the copies.
 
     **Arguments:** `tree`, a pytree (non-float leaves pass through unchanged); `deps`, any
     pytree whose floating-point arrays must be computed first.
@@ -101,6 +107,39 @@ def order_after(tree: S, deps: Any) -> S:
     zero = -(0.0 * jnp.abs(sum(firsts)))
     zero = jnp.where(jnp.isnan(zero), -0.0, zero)
     return jax.tree.map(lambda x: x + zero.astype(x.dtype) if eqx.is_inexact_array(x) else x, tree)
+
+
+def optimizer_step(
+    models: S,
+    grads: Any,
+    opt: optax.GradientTransformation,
+    opt_state: Any,
+    targets: Sequence[tuple[Any, Any, ScalarLike]] = (),
+) -> tuple[S, Any, list[Any]]:
+    """One optimizer step on `models`, and Polyak updates of target networks towards the
+    PRE-step weights (as the RQL and FQL authors do), ordered so that XLA updates all of them in
+    place inside a [`flowrl.scan_block`][] (through [`flowrl.order_after`][]: each target after
+    `grads`, which the loss's reads of the targets produce; the step after every target update).
+
+    **Arguments:**
+
+    - `models`: the trained network(s), a pytree (for example `(actor, critic)`).
+    - `grads`: their gradients, the same structure (e.g. from `eqx.filter_grad`).
+    - `opt`, `opt_state`: an optax transformation and its state for `models`.
+    - `targets`: `(online, target, tau)` triples; `online` is (part of) `models` BEFORE the step,
+      and `target` moves towards it by [`flowrl.polyak_update`][] with weight `tau`.
+
+    **Returns:** `(new models, new optimizer state, [new targets, in the order given])`: the
+    models and optimizer state bit for bit those of the plain `opt.update` and
+    `eqx.apply_updates`, the targets those of [`flowrl.polyak_update`][] up to the last bit
+    (see [`flowrl.order_after`][]).
+    """
+    new_targets = [
+        polyak_update(online, order_after(target, grads), tau) for online, target, tau in targets
+    ]
+    models = order_after(models, (grads, new_targets))
+    updates, opt_state = opt.update(grads, opt_state, eqx.filter(models, eqx.is_inexact_array))
+    return eqx.apply_updates(models, updates), opt_state, new_targets
 
 
 class NonFiniteLossError(FloatingPointError):
