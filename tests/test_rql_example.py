@@ -2,6 +2,11 @@
 
 import dataclasses
 import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -85,6 +90,85 @@ def test_two_seeds_in_one_process_log_separately(tiny_cube_dir, tmp_path):
         assert (run / f"seed{s}" / "learning_curve.png").exists()
     losses = [flowrl.CSVLogger(run / f"seed{s}").read("train")[0]["critic_loss"] for s in (0, 1)]
     assert losses[0] != losses[1]  # separate RNG streams
+
+
+def test_ctrl_c_finishes_the_block_saves_and_stops(tiny_cube_dir, tmp_path, monkeypatch, capsys):
+    import signal
+
+    make_block = rql.make_block
+
+    def interrupted_block(*args, **kwargs):
+        block = make_block(*args, **kwargs)
+
+        def run(dataset, state):
+            out = block(dataset, state)
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first block runs
+            return out
+
+        return run
+
+    monkeypatch.setattr(rql, "make_block", interrupted_block)
+    run = rql.train(tiny(tiny_cube_dir, tmp_path / "run", steps=300, eval_every=300))
+    assert [r["step"] for r in flowrl.CSVLogger(run).read("train")] == [100]
+    assert leaves(run)[0] == 100  # the checkpoint holds the finished block
+    assert f"continue with --resume {run}" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def _launch_two_processes(args, log_dir):
+    """The documented multi-host command, as 2 processes on this machine (one CPU device each,
+    joined through a coordinator on localhost). **Returns:** exit codes, outputs."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    example = Path(rql.__file__)
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    logs = [log_dir / f"process{p}.log" for p in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(example), *args, "--distributed", "--coordinator",
+             f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(p)],
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        for p, log in zip((0, 1), logs, strict=True)
+    ]  # fmt: skip
+    return [proc.wait(timeout=600) for proc in procs], [log.read_text() for log in logs]
+
+
+def test_two_processes_train_as_one_process_on_two_devices(tiny_cube_dir, tmp_path):
+    """Multi-host as far as one machine allows: 2 processes (jax.distributed, one device each),
+    2 seeds split over them, killed after 100 steps and resumed to 200, give bit for bit the
+    checkpoint and the logs of one process training the 2 seeds on 2 devices."""
+    multi = tmp_path / "multi"
+    args = [
+        "--dataset-dir", str(tiny_cube_dir), "--hidden", "32", "32", "--num-critics", "2",
+        "--batch-size", "32", "--block", "100", "--eval-every", "100", "--eval-episodes", "1",
+        "--no-progress",
+    ]  # fmt: skip
+    seeds = ["--seeds", "0", "1"]
+    for more in (
+        ["--steps", "100", "--run-dir", str(multi)],
+        ["--steps", "200", "--resume", str(multi)],
+    ):
+        codes, outputs = _launch_two_processes([*args, *seeds, *more], tmp_path)
+        assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert jax.device_count() == 2  # conftest: two virtual CPU devices in this process
+    single = rql.train(tiny(tiny_cube_dir, tmp_path / "single", steps=200, seeds=(0, 1)))
+    same = (multi / "checkpoint" / "checkpoint.eqx").read_bytes()
+    assert same == (single / "checkpoint" / "checkpoint.eqx").read_bytes()
+    for s in (0, 1):  # written once, by process 0, with every seed's figures
+        for split, steps in (("train", [100, 200]), ("eval", [0, 100, 200]), ("val", [100, 200])):
+            rows = [flowrl.CSVLogger(run / f"seed{s}").read(split) for run in (multi, single)]
+            assert [r["step"] for r in rows[0]] == steps
+            drop = ("time", "steps_per_s")
+            assert [{k: v for k, v in r.items() if k not in drop} for r in rows[0]] == [
+                {k: v for k, v in r.items() if k not in drop} for r in rows[1]
+            ]
+    # One seed in two processes would be the same run twice: refused, naming the flag.
+    codes, outputs = _launch_two_processes([*args, "--steps", "100"], tmp_path)
+    assert codes[0] != 0 and "2 processes need --seeds" in outputs[0], outputs[0][-3000:]
 
 
 def test_bad_config_values_name_the_flag():

@@ -20,8 +20,10 @@ from ._critics import ensemble_lcb as ensemble_lcb
 from ._critics import ensemble_mean as ensemble_mean
 from ._critics import ensemble_min as ensemble_min
 from ._critics import joint_critic as joint_critic
+from ._distributed import fetch_to_host as fetch_to_host
 from ._distributed import init_distributed as init_distributed
 from ._distributed import init_seeds as init_seeds
+from ._distributed import replicate as replicate
 from ._distributed import same_placement as same_placement
 from ._distributed import seed_mesh as seed_mesh
 from ._distributed import shard_seeds as shard_seeds
@@ -102,11 +104,13 @@ __all__ = [
     "load_checkpoint",
     "plot_learning_curve",
     "progress",
+    "fetch_to_host",
     "init_distributed",
     "jit_block",
     "optimizer_step",
     "order_after",
     "restore_config",
+    "replicate",
     "same_placement",
     "init_seeds",
     "seed_mesh",

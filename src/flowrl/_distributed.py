@@ -1,4 +1,5 @@
-"""Spreading independent seeds over devices with JAX's own sharding machinery."""
+"""Spreading independent seeds over devices, and over processes (hosts), with JAX's own
+sharding machinery."""
 
 from __future__ import annotations
 
@@ -9,9 +10,26 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
 T = TypeVar("T")
+
+
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _place(x: Any, sharding: Sharding) -> jax.Array:
+    """`x` (the same full value in every process) as an array with `sharding`. On devices of
+    other processes too: each process then supplies the pieces its own devices hold."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    if _is_key(x):  # typed PRNG keys: place the raw key data, then wrap it again
+        data = _place(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def seed_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -41,7 +59,56 @@ def shard_seeds(tree: T, mesh: Mesh) -> T:
             f"{size} seeds cannot be split evenly over {n} devices: use a multiple of {n}"
         )
     sharding = NamedSharding(mesh, PartitionSpec("seed"))
-    return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, tree)
+    return jax.tree.map(lambda x: _place(x, sharding) if eqx.is_array(x) else x, tree)
+
+
+def replicate(tree: T, mesh: Mesh) -> T:
+    """Place every array leaf of `tree` whole on every device of `mesh` (for example the
+    training data that all seeds share). Needed when the mesh spans several processes: a jitted
+    function then takes only arrays placed on that mesh.
+
+    **Arguments:** `tree`, a pytree holding the same values in every process; `mesh`.
+
+    **Returns:** the placed tree.
+    """
+    sharding = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda x: _place(x, sharding) if eqx.is_array(x) else x, tree)
+
+
+def fetch_to_host(tree: T) -> T:
+    """Every array leaf of `tree` as one host value, whole: arrays split over devices of
+    several processes are gathered from all of them (a collective: every process must call
+    this at the same point), the others are copied to the host. NumPy arrays come back, except
+    typed PRNG keys, which come back as key arrays on this process's first device.
+
+    **Arguments:** `tree`, a pytree (non-array leaves pass through).
+
+    **Returns:** the tree with host values.
+    """
+
+    def fetch(x):
+        if not isinstance(x, jax.Array):
+            return x
+        if _is_key(x):
+            data = fetch(jax.random.key_data(x))
+            return jax.random.wrap_key_data(
+                jax.device_put(data, jax.local_devices()[0]), impl=jax.random.key_impl(x)
+            )
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(fetch, tree)
+
+
+def _broadcast_text(text: str, size: int = 4096) -> str:
+    """Process 0's `text` in every process (a collective)."""
+    raw = text.encode()
+    if len(raw) > size:
+        raise ValueError(f"cannot broadcast more than {size} bytes, got {len(raw)}")
+    buffer = np.zeros(size, np.uint8)
+    buffer[: len(raw)] = np.frombuffer(raw, np.uint8)
+    return bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer))).rstrip(b"\0").decode()
 
 
 def init_seeds(init: Callable[[jax.Array], T], seeds: Sequence[int]) -> T:
@@ -66,9 +133,10 @@ def init_seeds(init: Callable[[jax.Array], T], seeds: Sequence[int]) -> T:
 
 def same_placement(tree: T, like: Any) -> T:
     """Put each array leaf of `tree` on the sharding of the matching leaf of `like` (used to
-    restore a checkpoint onto the devices of a freshly placed template)."""
+    restore a checkpoint onto the devices of a freshly placed template, also when they span
+    several processes: every process then passes the same `tree`)."""
     return jax.tree.map(
-        lambda x, ref: jax.device_put(x, ref.sharding) if isinstance(ref, jax.Array) else x,
+        lambda x, ref: _place(x, ref.sharding) if isinstance(ref, jax.Array) else x,
         tree,
         like,
     )

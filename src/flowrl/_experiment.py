@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jaxtyping import ScalarLike
 
-from ._distributed import same_placement
+from ._distributed import _is_key, fetch_to_host, replicate, same_placement
 from ._evaluation import evaluate
 from ._targets import polyak_update
 
@@ -227,10 +228,6 @@ class CSVLogger:
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or from an incompatible configuration."""
-
-
-def _is_key(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _serialise(f, x):
@@ -470,6 +467,28 @@ def _seed_slice(tree: S, i: int) -> S:
     return jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, tree)
 
 
+def _process_mesh(state: Any) -> Any:
+    """The mesh of the state's sharding when it spans several processes, else `None`."""
+    if jax.process_count() == 1:
+        return None
+    for x in jax.tree.leaves(state):
+        if isinstance(x, jax.Array) and isinstance(x.sharding, jax.sharding.NamedSharding):
+            return x.sharding.mesh
+    return None
+
+
+def _gather_rows(rows: dict[int, dict[str, float]], count: int) -> list[dict[str, float]]:
+    """Rows computed in different processes (seed index -> row, each seed in exactly one
+    process), as the full list in every process: a collective."""
+    names = list(next(iter(rows.values())))
+    table = np.full((count, len(names)), np.nan)
+    for i, row in rows.items():
+        table[i] = [row[k] for k in names]
+    everyone = np.asarray(multihost_utils.process_allgather(table))  # (processes, count, names)
+    owner = [i % jax.process_count() for i in range(count)]
+    return [dict(zip(names, everyone[owner[i], i].tolist(), strict=True)) for i in range(count)]
+
+
 def train_loop(
     state: S,
     block: Callable[[Any, S], tuple[S, dict[str, jax.Array]]],
@@ -511,6 +530,14 @@ def train_loop(
     `validate` is vmapped here. Logs go to `run_dir/seed<s>/`, each seed is evaluated with
     exactly the random streams of a single-seed run, and one checkpoint holds all seeds.
 
+    **Several processes (hosts).** When the stacked state is split over the devices of several
+    processes ([`flowrl.init_distributed`][], then [`flowrl.init_seeds`][]), every process runs
+    this loop with the same arguments. The training data are placed on every device, the
+    metrics gathered from all processes, and seed `i` evaluated by process
+    `i % process_count` (its videos go to that process's `run_dir`); process 0 alone writes the
+    logs, the config and the checkpoints. Every process must be able to read `run_dir` when
+    resuming. Ctrl-C in any process stops all of them after the current block.
+
     Random streams: evaluation and validation draw from keys derived from the seed and the
     step, never from the learner's state, so a resumed run is bitwise identical to an
     uninterrupted one.
@@ -539,12 +566,20 @@ def train_loop(
     **Returns:** `(state, step)` at the end.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     config = dict(config)
     stacked = not isinstance(seed, int)
     seeds = [int(x) for x in seed] if stacked else [int(seed)]
+    mesh = _process_mesh(state)
+    if jax.process_count() > 1 and (mesh is None or not stacked):
+        raise ValueError(
+            f"with {jax.process_count()} processes, `state` must be a stack of seeds split over "
+            "the devices of all of them (flowrl.init_seeds) and `seed` the list of its seeds"
+        )
+    lead = jax.process_index() == 0  # the process that writes logs and checkpoints
     dirs = [run_dir / f"seed{x}" for x in seeds] if stacked else [run_dir]
-    loggers = [CSVLogger(d) for d in dirs]
+    if lead:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    loggers = [CSVLogger(d) for d in dirs] if lead else []
     start = 0
     if resume:
         loaded, start = load_checkpoint(
@@ -553,34 +588,59 @@ def train_loop(
         state = same_placement(loaded, state)  # keep the template's devices / shardings
         for logger in loggers:
             logger.truncate_after(start)
-        print(f"Resumed {run_dir} at step {start}")
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
-    record = {
-        "name": getattr(data, "name", None),
-        "dataset_dir": str(getattr(data, "dataset_dir", "")),
-        "rebuilt": getattr(data, "rebuilt", None),
-        "rebuild_record": getattr(data, "metadata", None),
-    }
-    (run_dir / "data.json").write_text(json.dumps(record, indent=2, default=str))
-    writers = [
-        ExtraWriters(d, config, tensorboard=tensorboard, track=track and i == 0)
-        for i, d in enumerate(dirs)
-    ]
+        if lead:
+            print(f"Resumed {run_dir} at step {start}")
+    if lead:
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+        record = {
+            "name": getattr(data, "name", None),
+            "dataset_dir": str(getattr(data, "dataset_dir", "")),
+            "rebuilt": getattr(data, "rebuilt", None),
+            "rebuild_record": getattr(data, "metadata", None),
+        }
+        (run_dir / "data.json").write_text(json.dumps(record, indent=2, default=str))
+    writers = (
+        [
+            ExtraWriters(d, config, tensorboard=tensorboard, track=track and i == 0)
+            for i, d in enumerate(dirs)
+        ]
+        if lead
+        else []
+    )
+    place = (lambda tree: tree) if mesh is None else (lambda tree: replicate(tree, mesh))
     if validate is not None and stacked:
         validate = eqx.filter_vmap(validate, in_axes=(None, 0, 0))
-    stop = {"now": False}
-    previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
-    bar = progress(steps, start, enabled=show_progress)
+    val = place(data.val) if validate is not None else None
+    interrupted = {"now": False}
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.update(now=True))
+
+    def stop_now():  # with several processes: all stop, at the same step, if any was interrupted
+        if mesh is None:
+            return interrupted["now"]
+        return bool(multihost_utils.process_allgather(np.array(interrupted["now"])).any())
+
+    bar = progress(steps, start, enabled=show_progress and lead)
 
     def log(split, step, rows):
+        if not lead:
+            return
         for logger, writer, row in zip(loggers, writers, rows, strict=True):
             logger.log(split, step, row)
             writer.log(split, step, row)
 
+    def save(step):
+        whole = state if mesh is None else fetch_to_host(state)  # every process gathers
+        if lead:
+            save_checkpoint(run_dir / "checkpoint", whole, config, step)
+
     def evaluate_and_save(step):
-        results = []
+        whole = state if mesh is None else fetch_to_host(state)  # every process gathers
+        source = whole if mesh is None else jax.device_put(whole, jax.local_devices()[0])
+        results = {}
         for i, s in enumerate(seeds):
-            one = _seed_slice(state, i) if stacked else state
+            if i % jax.process_count() != jax.process_index():
+                continue  # another process evaluates this seed
+            one = _seed_slice(source, i) if stacked else source
             key = jax.random.fold_in(jax.random.key(s + 1), step)
             result = evaluate(
                 data.env,
@@ -591,10 +651,15 @@ def train_loop(
             )
             if result.frames:
                 save_video(result.frames, dirs[i] / "videos" / f"eval_{step:08d}.mp4")
-            results.append(result)
-        log("eval", step, [r.as_dict() for r in results])
-        save_checkpoint(run_dir / "checkpoint", state, config, step)
-        return float(np.mean([r.success for r in results]))
+            results[i] = result.as_dict()
+        if mesh is None:
+            rows = [results[i] for i in range(len(seeds))]
+        else:
+            rows = _gather_rows(results, len(seeds))
+        log("eval", step, rows)
+        if lead:
+            save_checkpoint(run_dir / "checkpoint", whole, config, step)
+        return float(np.mean([r["success"] for r in rows]))
 
     first_block_s, step = None, start
     train, stream = data.train, None
@@ -605,12 +670,17 @@ def train_loop(
             )
         stream = train_shards(start // swap_every)  # shard k serves steps [k N, (k + 1) N)
         train = next(stream)
+    train = place(train)
+    halted = False
     try:
         success = evaluate_and_save(0) if start == 0 else None
-        while step < steps and not stop["now"]:
+        while step < steps:
+            halted = stop_now()
+            if halted:
+                break
             t0 = time.perf_counter()
             new_state, metrics = block(train, state)
-            metrics = jax.device_get(metrics)
+            metrics = fetch_to_host(metrics)
             check_finite(metrics, step + 1)
             state, step = new_state, step + block_size
             elapsed = time.perf_counter() - t0
@@ -628,11 +698,11 @@ def train_loop(
                     row["shard"] = (step - 1) // swap_every
             log("train", step, rows)
             if stream is not None and step % swap_every == 0 and step < steps:
-                train = next(stream)
+                train = place(next(stream))
             if validate is not None:
                 keys = [jax.random.fold_in(jax.random.key(s + 2), step) for s in seeds]
-                out = jax.device_get(
-                    validate(data.val, state, jnp.stack(keys) if stacked else keys[0])
+                out = fetch_to_host(
+                    validate(val, state, place(jnp.stack(keys)) if stacked else keys[0])
                 )
                 log(
                     "val",
@@ -658,18 +728,20 @@ def train_loop(
         signal.signal(signal.SIGINT, previous_handler)
         for writer in writers:
             writer.close()
-    if stop["now"]:
-        save_checkpoint(run_dir / "checkpoint", state, config, step)
-        print(
-            f"Interrupted: saved step {step} to {run_dir / 'checkpoint'}; "
-            f"continue with --resume {run_dir}"
-        )
+    if halted:
+        save(step)
+        if lead:
+            print(
+                f"Interrupted: saved step {step} to {run_dir / 'checkpoint'}; "
+                f"continue with --resume {run_dir}"
+            )
     label = "rebuilt" if getattr(data, "rebuilt", False) else "official"
-    for s, d, logger in zip(seeds, dirs, loggers, strict=True):
-        plot_learning_curve(
-            logger, d / "learning_curve.png", title=f"{title} seed {s} ({label} data)"
-        )
-    if first_block_s is not None:
+    if lead:
+        for s, d, logger in zip(seeds, dirs, loggers, strict=True):
+            plot_learning_curve(
+                logger, d / "learning_curve.png", title=f"{title} seed {s} ({label} data)"
+            )
+    if first_block_s is not None and lead:
         print(
             f"first block (compile + {block_size} steps) {first_block_s:.1f}s; "
             f"run directory {run_dir}"

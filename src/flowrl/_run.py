@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import jax
 
-from ._distributed import init_distributed, init_seeds
+from ._distributed import _broadcast_text, init_distributed, init_seeds
 from ._experiment import restore_config, train_loop
 
 
@@ -167,6 +167,14 @@ def run(cfg: RunConfig, learner: Learner, *, resumable: tuple[str, ...] = RUN_CO
         or cfg.run_dir
         or f"runs/{learner.name.lower()}-{cfg.env_name}-s{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
+    if jax.process_count() > 1:
+        if not seeds:
+            raise ValueError(
+                f"{jax.process_count()} processes need --seeds (a multiple of the "
+                f"{jax.device_count()} devices of all processes): with one seed every process "
+                "would train the same run"
+            )
+        run_dir = Path(_broadcast_text(str(run_dir)))  # process 0's (its time stamp)
     sparse = bool(getattr(cfg, "sparse_reward", False))
     shards = None
     if cfg.shard_dir:  # 100M-style data: stream the shards, start at the resumed position
