@@ -635,12 +635,13 @@ def train_loop(
 
     def evaluate_and_save(step):
         whole = state if mesh is None else fetch_to_host(state)  # every process gathers
-        source = whole if mesh is None else jax.device_put(whole, jax.local_devices()[0])
         results = {}
         for i, s in enumerate(seeds):
             if i % jax.process_count() != jax.process_index():
                 continue  # another process evaluates this seed
-            one = _seed_slice(source, i) if stacked else source
+            one = _seed_slice(whole, i) if stacked else whole
+            if mesh is not None:  # host values: onto this process's device, once
+                one = jax.device_put(one, jax.local_devices()[0])
             key = jax.random.fold_in(jax.random.key(s + 1), step)
             result = evaluate(
                 data.env,
