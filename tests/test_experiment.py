@@ -195,3 +195,39 @@ def test_evaluate_without_a_renderer_skips_video_with_a_message(capsys):
     assert res.frames == [] and res.success == 1.0
     assert capsys.readouterr().out.count("rendering skipped") == 1
     assert flowrl.save_video([], "unused.mp4") is False
+
+
+def test_save_video_writes_an_mp4_that_reads_back(tmp_path):
+    """The examples' extras include an MP4 writer (imageio's ffmpeg plugin): without it every
+    --video-episodes run only printed "could not write"."""
+    import imageio.v2 as imageio
+
+    frames = [np.full((64, 96, 3), 20 * i, np.uint8) for i in range(12)]
+    path = tmp_path / "videos" / "eval.mp4"
+    assert flowrl.save_video(frames, path, fps=10) is True
+    back = imageio.mimread(path)
+    assert len(back) == 12 and back[0].shape == (64, 96, 3)
+    assert abs(int(back[5].mean()) - 100) <= 3  # the frames, in order (lossy codec)
+
+
+def test_tensorboard_events_hold_the_logged_scalars(tmp_path):
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    writers = flowrl.ExtraWriters(tmp_path, {"lr": 3e-4}, tensorboard=True)
+    writers.log("train", 100, {"critic_loss": 0.5, "bc_loss": 2.0})
+    writers.log("eval", 200, {"success": 0.25})
+    writers.close()
+    (events,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    data, i, scalars = events.read_bytes(), 0, {}
+    while i < len(data):  # TFRecord: length (8 bytes), its CRC (4), the event, its CRC (4)
+        (n,) = struct.unpack("<Q", data[i : i + 8])
+        event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+        scalars.update({(v.tag, event.step): v.simple_value for v in event.summary.value})
+        i += 16 + n
+    assert scalars == {
+        ("train/critic_loss", 100): 0.5,
+        ("train/bc_loss", 100): 2.0,
+        ("eval/success", 200): 0.25,
+    }
