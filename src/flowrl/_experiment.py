@@ -472,8 +472,9 @@ def _process_mesh(state: Any) -> Any:
     if jax.process_count() == 1:
         return None
     for x in jax.tree.leaves(state):
-        if isinstance(x, jax.Array) and isinstance(x.sharding, jax.sharding.NamedSharding):
-            return x.sharding.mesh
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if isinstance(x.sharding, jax.sharding.NamedSharding):
+                return x.sharding.mesh
     return None
 
 
