@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -395,7 +396,9 @@ def save_video(frames: list[np.ndarray], path: str | os.PathLike[str], fps: int 
         import imageio.v2 as imageio
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        imageio.mimsave(str(path), [np.asarray(f) for f in frames], fps=fps)
+        with warnings.catch_warnings():  # the writer starts ffmpeg (fork + exec): not a risk
+            warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+            imageio.mimsave(str(path), [np.asarray(f) for f in frames], fps=fps)
     except Exception as e:  # noqa: BLE001 - a missing codec must not stop training
         print(f"could not write {path}: {e}")
         return False
