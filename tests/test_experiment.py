@@ -231,3 +231,28 @@ def test_tensorboard_events_hold_the_logged_scalars(tmp_path):
         ("train/bc_loss", 100): 2.0,
         ("eval/success", 200): 0.25,
     }
+
+
+def test_wandb_only_on_request_with_prefixed_metrics(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: (calls.append(("init", kw["project"], kw["config"])), fake)[1]
+    fake.log = lambda metrics, step: calls.append(("log", metrics, step))
+    fake.finish = lambda: calls.append(("finish",))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    flowrl.ExtraWriters(tmp_path, {"lr": 3e-4}).log("train", 1, {"x": 1.0})
+    assert calls == []  # off unless asked
+    writers = flowrl.ExtraWriters(tmp_path, {"lr": 3e-4}, track=True)
+    writers.log("eval", 100, {"success": 0.5})
+    writers.close()
+    assert calls == [
+        ("init", "flowrl", {"lr": 3e-4}),
+        ("log", {"eval/success": 0.5}, 100),
+        ("finish",),
+    ]
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    with pytest.raises(ImportError, match="--track needs wandb: pip install wandb"):
+        flowrl.ExtraWriters(tmp_path, {}, track=True)
