@@ -197,6 +197,7 @@ def test_evaluate_without_a_renderer_skips_video_with_a_message(capsys):
     assert flowrl.save_video([], "unused.mp4") is False
 
 
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # reading starts ffmpeg too
 def test_save_video_writes_an_mp4_that_reads_back(tmp_path):
     """The examples' extras include an MP4 writer (imageio's ffmpeg plugin): without it every
     --video-episodes run only printed "could not write"."""
