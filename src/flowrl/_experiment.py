@@ -632,13 +632,15 @@ def train_loop(
             logger.log(split, step, row)
             writer.log(split, step, row)
 
-    def save(step):
-        whole = state if mesh is None else fetch_to_host(state)  # every process gathers
+    def whole_state():  # across processes a collective: every process gathers the whole state
+        return state if mesh is None else fetch_to_host(state)
+
+    def save(step, whole):
         if lead:
             save_checkpoint(run_dir / "checkpoint", whole, config, step)
 
     def evaluate_and_save(step):
-        whole = state if mesh is None else fetch_to_host(state)  # every process gathers
+        whole = whole_state()
         results = {}
         for i, s in enumerate(seeds):
             if i % jax.process_count() != jax.process_index():
@@ -662,8 +664,7 @@ def train_loop(
         else:
             rows = _gather_rows(results, len(seeds))
         log("eval", step, rows)
-        if lead:
-            save_checkpoint(run_dir / "checkpoint", whole, config, step)
+        save(step, whole)
         return float(np.mean([r["success"] for r in rows]))
 
     first_block_s, step = None, start
@@ -734,7 +735,7 @@ def train_loop(
         for writer in writers:
             writer.close()
     if halted:
-        save(step)
+        save(step, whole_state())
         if lead:
             print(
                 f"Interrupted: saved step {step} to {run_dir / 'checkpoint'}; "
