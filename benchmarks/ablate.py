@@ -19,7 +19,9 @@ Variants that REMOVE a part (wrong maths; they measure what that part costs in w
   bound on what making them cheaper could gain); `no-critic-gelu`, `no-critic-layernorm`:
   without one of the two.
 
-Variants that keep the maths (candidate optimisations, same results up to rounding):
+Variants that keep the maths (candidate optimisations, same results up to rounding; all but
+`weights-in-out` are checked against the library's critic, values and gradients, by
+`tests/test_benchmarks.py`):
 
 - `member-major`: the critic's activations laid out `(K, B, width)` instead of `(B, K, width)`,
   through a custom batching rule (not adopted: 1.5 % faster on the 2-core CPU, paired, and it
@@ -29,6 +31,10 @@ Variants that keep the maths (candidate optimisations, same results up to roundi
   formula, saving only the normalised activations and the inverse deviation).
 - `sigmoid-gelu`: the critic's tanh-GELU written as x * sigmoid(2 y), with its derivative by hand.
 - `weights-in-out`: the critic's weights stored `(K, in, out)` instead of `(K, out, in)`.
+- `remat`: the critic under `eqx.filter_checkpoint` with JAX's `dots_saveable` policy: only the
+  matmul outputs are kept for the backward pass, GELU and LayerNorm are recomputed there.
+- `remat-activations`: each hidden layer's bias + GELU + LayerNorm under `jax.checkpoint`, so
+  the backward pass recomputes them from the matmul output.
 - `none`: B is A (a null comparison: shows the noise).
 
 Variant that UNDOES an adopted optimisation (same maths; A over B shows what it gains):
@@ -232,6 +238,28 @@ def _weights_in_out():
     rql.init_state = init_state
 
 
+def _remat():
+    apply = critics._members_apply
+    policy = jax.checkpoint_policies.dots_saveable
+    critics._members_apply = eqx.filter_checkpoint(apply, policy=policy)
+
+
+def _remat_activations():
+    @jax.checkpoint
+    def activation(h, bias, norm):
+        return critics._layer_norm(jax.nn.gelu(h + bias), norm)
+
+    def members_apply(members, z):
+        h, last = z, len(members.layers) - 1
+        for i, layer in enumerate(members.layers):
+            h = jnp.einsum("i,koi->ko" if i == 0 else "ki,koi->ko", h, layer.weight)
+            if i < last:
+                h = activation(h, layer.bias, members.norms[i])
+        return h[:, 0] + members.layers[-1].bias[:, 0]
+
+    critics._members_apply = members_apply
+
+
 class _Namespace:
     """`module` with some attributes replaced (the example looks them up at trace time)."""
 
@@ -261,6 +289,8 @@ VARIANTS = {
     "layernorm-vjp": _layernorm_vjp,
     "sigmoid-gelu": _sigmoid_gelu,
     "weights-in-out": _weights_in_out,
+    "remat": _remat,
+    "remat-activations": _remat_activations,
 }
 
 

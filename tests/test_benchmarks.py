@@ -25,3 +25,56 @@ def test_stacked_seeds_cost_exactly_their_number_of_updates(throughput):
     stacked = throughput.cost_flops(hp, opt, ds, throughput.init_states(cfg, ds, n), seeds=n)
     assert one > 1e8  # 2 x 256 networks, batch 256: hundreds of MFLOP per update
     assert stacked == pytest.approx(n * one, rel=0.01)
+
+
+@pytest.fixture(scope="module")
+def ablate():
+    spec = importlib.util.spec_from_file_location("ablate", ROOT / "benchmarks/ablate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The variants of benchmarks/ablate.py that claim to keep the maths (docs/benchmarks.md).
+SAME_MATHS = [
+    "member-major",
+    "fast-variance",
+    "layernorm-vjp",
+    "sigmoid-gelu",
+    "remat",
+    "remat-activations",
+]
+
+
+@pytest.mark.parametrize("variant", SAME_MATHS)
+def test_same_maths_variants_keep_the_critics_values_and_gradients(ablate, monkeypatch, variant):
+    import flowrl
+
+    critics = ablate.critics
+    for name in ("_members_apply", "_layer_norm", "jax"):  # what the variants replace
+        monkeypatch.setattr(critics, name, getattr(critics, name))
+    keys = jax.random.split(jax.random.PRNGKey(3), 5)
+    critic = flowrl.joint_critic(5, 3, hidden_sizes=(16, 16), num_members=4, key=keys[0])
+    # Biases start at 0 and LayerNorms at (1, 0): move every array so that each one counts.
+    leaves, treedef = jax.tree.flatten(critic)
+    noise = jax.random.split(keys[4], len(leaves))
+    leaves = [a + 0.3 * jax.random.normal(k, a.shape) for a, k in zip(leaves, noise, strict=True)]
+    critic = jax.tree.unflatten(treedef, leaves)
+    s = jax.random.normal(keys[1], (8, 5))
+    x = jax.random.normal(keys[2], (8, 3))
+    t = jax.random.uniform(keys[3], (8,))
+    weights = jax.random.normal(keys[0], (8, 4))
+
+    def loss(c):
+        return jax.numpy.sum(weights * jax.vmap(c)(s, x, t) ** 2)
+
+    value, grads = jax.value_and_grad(loss)(critic)
+    ablate.VARIANTS[variant]()
+    value_b, grads_b = jax.value_and_grad(loss)(critic)
+    assert float(value_b) == pytest.approx(float(value), rel=1e-5)
+    leaves, leaves_b = jax.tree.leaves(grads), jax.tree.leaves(grads_b)
+    assert len(leaves) == len(leaves_b) == 10  # 3 linear layers and 2 LayerNorms, 2 arrays each
+    for g, g_b in zip(leaves, leaves_b, strict=True):  # equal up to float32 rounding
+        scale = float(jax.numpy.max(jax.numpy.abs(g)))
+        assert scale > 1.0
+        assert float(jax.numpy.max(jax.numpy.abs(g_b - g))) <= 1e-5 * scale
