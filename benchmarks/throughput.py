@@ -217,6 +217,8 @@ def main() -> None:
         "devices": jax.device_count(),
         "cpu": platform.processor() or platform.machine(),
         "jax": jax.__version__,
+        # float32 matmuls run in TF32 on recent NVIDIA GPUs unless this says float32/highest
+        "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     print(json.dumps(header))

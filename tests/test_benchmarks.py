@@ -1,6 +1,9 @@
 """The throughput benchmark's accounting (benchmarks/throughput.py), at the CPU size."""
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -25,6 +28,31 @@ def test_stacked_seeds_cost_exactly_their_number_of_updates(throughput):
     stacked = throughput.cost_flops(hp, opt, ds, throughput.init_states(cfg, ds, n), seeds=n)
     assert one > 1e8  # 2 x 256 networks, batch 256: hundreds of MFLOP per update
     assert stacked == pytest.approx(n * one, rel=0.01)
+
+
+def test_the_benchmark_runs_with_only_the_core_dependencies(throughput):
+    # A GPU machine may hold JAX, Equinox, optax, diffrax and jaxtyping but not OGBench, MuJoCo,
+    # tyro or beartype: the benchmark must run there from a checkout (docs/benchmarks.md).
+    optional = ("ogbench", "mujoco", "gymnasium", "tyro", "beartype", "tqdm", "matplotlib")
+    code = "\n".join(
+        [
+            "import sys",
+            f"sys.modules.update(dict.fromkeys({optional!r}))  # None: importing them fails",
+            "sys.path[:0] = sys.argv[1:]",
+            "import throughput",
+            "cfg, hp, opt, ds = throughput.case_config('cpu-default', block=1)",
+            "print(throughput.cost_flops(hp, opt, ds, throughput.init_states(cfg, ds, 1)))",
+        ]
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("FLOWRL_TYPECHECK", "XLA_FLAGS")}
+    paths = [str(ROOT / "src"), str(ROOT / "benchmarks")]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *paths], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    cfg, hp, opt, ds = throughput.case_config("cpu-default", block=1)
+    expected = throughput.cost_flops(hp, opt, ds, throughput.init_states(cfg, ds, 1))
+    assert float(result.stdout.split()[-1]) == pytest.approx(expected, rel=0.01)
 
 
 @pytest.fixture(scope="module")
