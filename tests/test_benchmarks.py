@@ -12,25 +12,42 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def throughput():
-    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks/throughput.py")
+def _script(name: str):
+    """benchmarks/<name>.py as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"benchmarks/{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_stacked_seeds_cost_exactly_their_number_of_updates(throughput):
+@pytest.fixture(scope="module")
+def throughput():
+    return _script("throughput")
+
+
+@pytest.fixture(scope="module")
+def ablate():
+    return _script("ablate")
+
+
+@pytest.fixture(scope="module")
+def one_seed_flops(throughput):
+    """XLA's FLOP count of one update of the CPU-sized default config."""
+    cfg, hp, opt, ds = throughput.case_config("cpu-default", block=1)
+    return throughput.cost_flops(hp, opt, ds, throughput.init_states(cfg, ds, 1))
+
+
+def test_stacked_seeds_cost_exactly_their_number_of_updates(throughput, one_seed_flops):
     # vmapping the update over S seeds must add no work beyond S separate updates (and lose none).
     cfg, hp, opt, ds = throughput.case_config("cpu-default", block=1)
-    one = throughput.cost_flops(hp, opt, ds, throughput.init_states(cfg, ds, 1))
+    one = one_seed_flops
     n = 2 * jax.device_count()  # split evenly over the (test session's 2 virtual) devices
     stacked = throughput.cost_flops(hp, opt, ds, throughput.init_states(cfg, ds, n), seeds=n)
     assert one > 1e8  # 2 x 256 networks, batch 256: hundreds of MFLOP per update
     assert stacked == pytest.approx(n * one, rel=0.01)
 
 
-def test_the_benchmark_runs_with_only_the_core_dependencies(throughput):
+def test_the_benchmark_runs_with_only_the_core_dependencies(one_seed_flops):
     # A GPU machine may hold JAX, Equinox, optax, diffrax and jaxtyping but not OGBench, MuJoCo,
     # tyro or beartype: the benchmark must run there from a checkout (docs/benchmarks.md).
     optional = ("ogbench", "mujoco", "gymnasium", "tyro", "beartype", "tqdm", "matplotlib")
@@ -50,17 +67,7 @@ def test_the_benchmark_runs_with_only_the_core_dependencies(throughput):
         [sys.executable, "-c", code, *paths], env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    cfg, hp, opt, ds = throughput.case_config("cpu-default", block=1)
-    expected = throughput.cost_flops(hp, opt, ds, throughput.init_states(cfg, ds, 1))
-    assert float(result.stdout.split()[-1]) == pytest.approx(expected, rel=0.01)
-
-
-@pytest.fixture(scope="module")
-def ablate():
-    spec = importlib.util.spec_from_file_location("ablate", ROOT / "benchmarks/ablate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    assert float(result.stdout.split()[-1]) == pytest.approx(one_seed_flops, rel=0.01)
 
 
 # The variants of benchmarks/ablate.py that claim to keep the maths (docs/benchmarks.md).
