@@ -7,12 +7,15 @@
 
 For each case: gradient steps per second of the jitted, scan-fused training block (median over
 repeats, after a warm-up block), compile time (first call minus a steady call), FLOP per update
-(XLA's cost analysis of the compiled block), achieved FLOP/s, peak host memory (max RSS of this
-process), device memory where a GPU is present, and the float32 matmul ceiling measured in the
-same run on the critic's layer shapes. A block is 100 updates by default (`--block`); the
-examples run 1000 per call. Short blocks cost a few percent: each call page-faults the block's
-temporary buffers afresh (about 4 % of CPU time at 5 updates per call, under 1 % at 50,
-`profile_step.py --perf`). Cases:
+(XLA's cost analysis of the compiled block), achieved FLOP/s, the device memory the block needs
+(`block_mb`: XLA's memory analysis of the compiled block, per device: dataset, state and
+temporaries, donated buffers counted once), peak host memory (max RSS of this process) and, on a
+GPU, JAX's peak device memory, and the float32 matmul ceiling measured in the same run on the
+critic's layer shapes. The two peaks are the process's: a case also carries the peaks of the
+cases measured before it; run one case per process for its own. A block is 100 updates by
+default (`--block`); the examples run 1000 per call. Short blocks cost a few percent: each call
+page-faults the block's temporary buffers afresh (about 4 % of CPU time at 5 updates per call,
+under 1 % at 50, `profile_step.py --perf`). Cases:
 
 - `paper-manip`: 4 x 512 MLPs, K = 10, batch 256, F = 10, obs 37, action 5, h = 5
 - `paper-loco`: same size, obs 29, action 8, h = 1
@@ -102,6 +105,25 @@ def device_memory() -> dict | None:
     return {k: stats.get(k) for k in ("peak_bytes_in_use", "bytes_limit")}
 
 
+def block_memory(fn, ds: Dataset, state) -> dict | None:
+    """What the compiled block needs in device memory (per device), from XLA's memory analysis:
+    its arguments (dataset and state), outputs and temporaries; outputs that reuse a donated
+    argument's buffer (`aliased`) are counted once. None where the backend gives no analysis."""
+    compiled = fn.lower(ds, state).compile()
+    stats = getattr(compiled, "compiled", compiled).memory_analysis()  # eqx wraps jax's Compiled
+    if stats is None:
+        return None
+    mb = {
+        "arguments_mb": stats.argument_size_in_bytes,
+        "outputs_mb": stats.output_size_in_bytes,
+        "aliased_mb": stats.alias_size_in_bytes,
+        "temporaries_mb": stats.temp_size_in_bytes,
+    }
+    mb = {k: v / 2**20 for k, v in mb.items()}
+    mb["total_mb"] = mb["arguments_mb"] + mb["outputs_mb"] - mb["aliased_mb"] + mb["temporaries_mb"]
+    return mb
+
+
 def case_config(name: str, block: int):
     """The example's config for a case, its hyperparameters, optimizer and synthetic data."""
     spec = CASES[name]
@@ -162,6 +184,8 @@ def run_case(name: str, block: int, repeats: int, seeds: int = 1) -> dict:
         "achieved_gflops": flops * steps_per_s / 1e9,
         "ceiling_gflops": ceiling / 1e9,
         "fraction_of_ceiling": flops * steps_per_s / ceiling,
+        "block_memory": block_memory(fn, ds, state),
+        # process-wide peaks: a case also carries the peaks of the cases run before it
         "peak_host_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device_memory": device_memory(),
     }
@@ -225,6 +249,7 @@ def main() -> None:
     rows = [run_case(c, args.block, args.repeats, n) for c in args.cases for n in args.seeds]
     one_seed = {r["case"]: r["steps_per_s"] for r in rows if r["seeds"] == 1}
     for r in rows:
+        r["block_mb"] = r["block_memory"]["total_mb"] if r["block_memory"] else "n/a"
         if r["case"] in one_seed:
             r["scaling"] = r["aggregate_steps_per_s"] / one_seed[r["case"]]
     cols = (
@@ -238,6 +263,7 @@ def main() -> None:
         "achieved_gflops",
         "ceiling_gflops",
         "fraction_of_ceiling",
+        "block_mb",
         "peak_host_mb",
     ) + (("scaling",) if len(args.seeds) > 1 and 1 in args.seeds else ())
     print("| " + " | ".join(cols) + " |")

@@ -47,6 +47,32 @@ def test_stacked_seeds_cost_exactly_their_number_of_updates(throughput, one_seed
     assert stacked == pytest.approx(n * one, rel=0.01)
 
 
+def _nbytes(tree) -> int:
+    keys = jax.dtypes.prng_key
+    return sum(
+        (jax.random.key_data(x) if jax.numpy.issubdtype(x.dtype, keys) else x).nbytes
+        for x in jax.tree.leaves(tree)
+        if isinstance(x, jax.Array)
+    )
+
+
+def test_block_memory_counts_the_inputs_and_the_donated_state_once(throughput):
+    cfg, hp, opt, ds = throughput.case_config("cpu-default", block=2)
+    state = throughput.init_states(cfg, ds, 1)
+    fn = throughput.rql.make_block(hp, opt, 2)
+    mb = throughput.block_memory(fn, ds, state)
+    state_mb, data_mb = _nbytes(state) / 2**20, _nbytes(ds) / 2**20
+    assert mb["arguments_mb"] == pytest.approx(state_mb + data_mb, rel=1e-3)
+    # The state is donated: every state buffer is reused for the new state, and only the
+    # block's metrics are new outputs.
+    assert mb["aliased_mb"] == pytest.approx(state_mb, rel=1e-3)
+    assert 0 < mb["outputs_mb"] - mb["aliased_mb"] < 0.01
+    assert mb["temporaries_mb"] > 0
+    assert mb["total_mb"] == pytest.approx(
+        mb["arguments_mb"] + mb["outputs_mb"] - mb["aliased_mb"] + mb["temporaries_mb"]
+    )
+
+
 def test_the_benchmark_runs_with_only_the_core_dependencies(one_seed_flops):
     # A GPU machine may hold JAX, Equinox, optax, diffrax and jaxtyping but not OGBench, MuJoCo,
     # tyro or beartype: the benchmark must run there from a checkout (docs/benchmarks.md).
