@@ -134,12 +134,19 @@ def _launch_two_processes(args, log_dir):
         )
         for p, log in zip((0, 1), logs, strict=True)
     ]  # fmt: skip
-    return [proc.wait(timeout=600) for proc in procs], [log.read_text() for log in logs]
+    try:
+        codes = [proc.wait(timeout=600) for proc in procs]
+    finally:  # one process failing must not leave the other waiting for it
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return codes, [log.read_text() for log in logs]
 
 
 def test_two_processes_train_as_one_process_on_two_devices(tiny_cube_dir, tmp_path):
     """Multi-host as far as one machine allows: 2 processes (jax.distributed, one device each),
-    2 seeds split over them, killed after 100 steps and resumed to 200, give bit for bit the
+    2 seeds split over them, trained for 100 steps and then resumed to 200, give bit for bit the
     checkpoint and the logs of one process training the 2 seeds on 2 devices."""
     multi = tmp_path / "multi"
     args = [
