@@ -128,17 +128,45 @@ def ensemble_critic(
     return EnsembleCritic(members, num_members)
 
 
-def ensemble_mean(q: Float[Array, " K *batch"]) -> Float[Array, "*batch"]:
-    """Mean over the ensemble axis (axis 0)."""
-    return jnp.mean(q, axis=0)
+def ensemble_mean(q: Float[Array, "*batch K"], *, axis: int = -1) -> Float[Array, "*reduced"]:
+    """Mean over the ensemble members.
+
+    **Arguments:**
+
+    - `q`: member values with the `K` members on `axis`: `(*batch, K)` by default, the layout
+      `jax.vmap(critic)` returns (`(B, K)`).
+    - `axis`: the members' axis (keyword; default the last). `axis=0` takes `(K, *batch)`.
+
+    **Returns:** `q` with `axis` reduced: `(*batch,)` for the default `axis`.
+    """
+    return jnp.mean(q, axis=axis)
 
 
-def ensemble_min(q: Float[Array, " K *batch"]) -> Float[Array, "*batch"]:
-    """Minimum over the ensemble axis (axis 0)."""
-    return jnp.min(q, axis=0)
+def ensemble_min(q: Float[Array, "*batch K"], *, axis: int = -1) -> Float[Array, "*reduced"]:
+    """Minimum over the ensemble members.
+
+    **Arguments:**
+
+    - `q`: member values with the `K` members on `axis`: `(*batch, K)` by default.
+    - `axis`: the members' axis (keyword; default the last). `axis=0` takes `(K, *batch)`.
+
+    **Returns:** `q` with `axis` reduced: `(*batch,)` for the default `axis`.
+    """
+    return jnp.min(q, axis=axis)
 
 
-def ensemble_lcb(q: Float[Array, " K *batch"], rho: ScalarLike) -> Float[Array, "*batch"]:
+def ensemble_lcb(
+    q: Float[Array, "*batch K"], rho: ScalarLike, *, axis: int = -1
+) -> Float[Array, "*reduced"]:
     r"""Pessimistic aggregation $\operatorname{mean}_k Q_k - \rho \operatorname{std}_k Q_k$
-    with the POPULATION standard deviation (divide by `K`), as in RQL's target."""
-    return jnp.mean(q, axis=0) - rho * jnp.std(q, axis=0)
+    with the POPULATION standard deviation (divide by `K`), as in RQL's target.
+
+    **Arguments:**
+
+    - `q`: member values with the `K` members on `axis`: `(*batch, K)` by default.
+    - `rho`: the weight of the standard deviation (RQL: `rho` of the config).
+    - `axis`: the members' axis (keyword; default the last). `axis=0` takes `(K, *batch)`.
+
+    **Returns:** `q` with `axis` reduced: `(*batch,)` for the default `axis`.
+    """
+    return jnp.mean(q, axis=axis) - rho * jnp.std(q, axis=axis)

@@ -74,7 +74,8 @@ def expanded_td_target(
     - `s` `(O,)`, `x_t` `(A,)`, scalar `t`: the expanded state.
     - `u`: the velocity of the current policy there, $v(s, x_t, t)$ `(A,)`.
     - `env_target`: the scalar target used when `t = 1`.
-    - `steps`: $F$. `aggregate`: reduces the `(K,)` values (default the mean).
+    - `steps`: $F$. `aggregate`: reduces the `(K,)` member values to a scalar (default
+      [`flowrl.ensemble_mean`][]; e.g. `lambda q: flowrl.ensemble_lcb(q, rho)`).
 
     **Returns:** the scalar target.
     """

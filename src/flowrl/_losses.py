@@ -93,7 +93,8 @@ def one_hop_value_loss(
     - `s` `(O,)`, `x_t` `(A,)`, scalar `t`: the point (an interpolant, or a reversed point).
     - `u`: the velocity predicted there `(A,)`.
     - `steps`: `F`; the lookahead is one step of size `1/F`, clipped at `t = 1`.
-    - `aggregate`: reduces the `(K,)` values (default the ensemble mean).
+    - `aggregate`: reduces the `(K,)` member values to a scalar (default
+      [`flowrl.ensemble_mean`][], which reduces the last axis).
 
     **Returns:** the scalar loss (multiply by a validity flag and average over the batch).
     """
