@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from pathlib import Path
 from typing import Literal, NamedTuple
 
 import equinox as eqx
@@ -33,6 +32,7 @@ import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 import flowrl
+import flowrl.experiment as fx
 from flowrl.data import Dataset, Windows, sample_windows
 
 warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
@@ -41,21 +41,24 @@ warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
 # Configuration
 # ----------------------------------------------------------------------------------------
 
-# The FQL paper's command lines (its README) by environment family: (alpha, q_agg, h,
-# discount, sparse reward); h: RQL's chunk lengths (see above).
-ENV_PRESETS: dict[str, tuple[float, str, int, float, bool]] = {
-    "antmaze-large-navigate": (10.0, "min", 1, 0.99, False),
-    "antmaze-giant-navigate": (10.0, "min", 1, 0.995, False),
-    "humanoidmaze-medium-navigate": (30.0, "mean", 1, 0.995, False),
-    "humanoidmaze-large-navigate": (30.0, "mean", 1, 0.995, False),
-    "antsoccer-arena-navigate": (10.0, "mean", 1, 0.995, False),
-    "cube-single-play": (300.0, "mean", 5, 0.99, False),
-    "cube-double-play": (300.0, "mean", 5, 0.99, False),
-    "scene-play": (300.0, "mean", 5, 0.99, False),
-    "puzzle-3x3-play": (1000.0, "mean", 5, 0.99, False),
-    "puzzle-4x4-play": (1000.0, "mean", 5, 0.99, False),
-    "cube-triple-play": (300.0, "mean", 5, 0.99, False),  # not in the FQL paper: cube's alpha
-    "cube-quadruple-play": (300.0, "mean", 5, 0.99, False),  # not in the FQL paper either
+# The FQL paper's command lines (its README) by environment family; h: RQL's chunk lengths
+# (see above).
+_MAZE = dict(horizon=1, sparse_reward=False)
+_MANIP = dict(q_agg="mean", horizon=5, discount=0.99, sparse_reward=False)
+ENV_PRESETS = {
+    "antmaze-large-navigate": dict(alpha=10.0, q_agg="min", discount=0.99, **_MAZE),
+    "antmaze-giant-navigate": dict(alpha=10.0, q_agg="min", discount=0.995, **_MAZE),
+    "humanoidmaze-medium-navigate": dict(alpha=30.0, q_agg="mean", discount=0.995, **_MAZE),
+    "humanoidmaze-large-navigate": dict(alpha=30.0, q_agg="mean", discount=0.995, **_MAZE),
+    "antsoccer-arena-navigate": dict(alpha=10.0, q_agg="mean", discount=0.995, **_MAZE),
+    "cube-single-play": dict(alpha=300.0, **_MANIP),
+    "cube-double-play": dict(alpha=300.0, **_MANIP),
+    "scene-play": dict(alpha=300.0, **_MANIP),
+    "puzzle-3x3-play": dict(alpha=1000.0, **_MANIP),
+    "puzzle-4x4-play": dict(alpha=1000.0, **_MANIP),
+    "cube-triple-play": dict(alpha=300.0, **_MANIP),  # not in the FQL paper: cube's alpha
+    "cube-quadruple-play": dict(alpha=300.0, **_MANIP),  # not in the FQL paper either
+    "toy-": dict(alpha=1.0, q_agg="mean", discount=0.9, **_MAZE),  # flowrl.data.toy
 }
 
 # "paper": the FQL paper's networks and budget; "cpu": minutes on a 2-core machine.
@@ -79,10 +82,10 @@ SIZES = {
 }
 
 
-@dataclasses.dataclass
-class Config(flowrl.RunConfig):
+@dataclasses.dataclass(frozen=True)
+class Config(fx.RunConfig):
     """FQL on an OGBench singletask environment. Unset (None) fields come from the presets;
-    the run-control fields (budget, data, outputs, seeds, resume) are flowrl.RunConfig's."""
+    the run-control fields (budget, data, outputs, seeds, resume) are fx.RunConfig's."""
 
     batch_size: int | None = None
     """Windows per gradient step (preset)."""
@@ -96,12 +99,8 @@ class Config(flowrl.RunConfig):
     """Aggregation of the target critics at the bootstrap state (environment preset)."""
     normalize_q: bool = False
     """Divide the actor's Q term by stop_gradient(mean |Q|) (off in the FQL paper)."""
-    horizon: int | None = None
-    """Action-chunk length h (1 is the FQL paper; preset: 5 manipulation, 1 mazes)."""
     discount: float | None = None
     """Discount gamma per environment step (environment preset)."""
-    sparse_reward: bool | None = None
-    """Map every nonzero reward to -1 (off in all FQL presets)."""
     flow_steps: int = 10
     """Euler steps F of the BC flow in the distillation target."""
     lr: float = 3e-4
@@ -114,43 +113,12 @@ class Config(flowrl.RunConfig):
     """Which masks gate the bootstrap (h > 1): the window's last, or any success in it."""
 
 
-class Hyper(NamedTuple):
-    """The static numbers the update needs (hashable, so jit can close over them)."""
-
-    alpha: float
-    q_agg: str
-    normalize_q: bool
-    horizon: int
-    discount: float
-    flow_steps: int
-    batch_size: int
-    tau: float
-    bootstrap: str
-    mask_gate: str
-
-
-def env_family(env_name: str) -> str:
-    for family in sorted(ENV_PRESETS, key=len, reverse=True):
-        if env_name.startswith(family):
-            return family
-    raise ValueError(
-        f"--env-name {env_name!r}: no FQL preset for this environment; known families: "
-        f"{sorted(ENV_PRESETS)}. Pass --alpha --q-agg --horizon --discount --sparse-reward "
-        "explicitly to run it anyway."
-    )
-
-
 def resolve(cfg: Config) -> Config:
-    """Fill every None field from the environment and size presets."""
-    fill = dict(SIZES[cfg.size])
-    env_fields = ("alpha", "q_agg", "horizon", "discount", "sparse_reward")
-    if any(getattr(cfg, f) is None for f in env_fields):
-        fill.update(zip(env_fields, ENV_PRESETS[env_family(cfg.env_name)], strict=True))
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in fill.items() if getattr(cfg, k) is None})
-    cfg = dataclasses.replace(cfg, hidden=tuple(cfg.hidden))
+    """Fill every None field from the environment and size presets, then check the ranges."""
+    cfg = fx.fill_presets(cfg, ENV_PRESETS, SIZES)
+    assert cfg.alpha is not None and cfg.discount is not None and cfg.batch_size is not None
     checks = {
         "alpha": (cfg.alpha >= 0, ">= 0"),
-        "horizon": (cfg.horizon >= 1, ">= 1"),
         "discount": (0 < cfg.discount <= 1, "in (0, 1]"),
         "tau": (0 <= cfg.tau <= 1, "in [0, 1]"),
         "lr": (cfg.lr > 0, "> 0"),
@@ -158,12 +126,8 @@ def resolve(cfg: Config) -> Config:
         "batch_size": (cfg.batch_size >= 1, ">= 1"),
         "num_critics": (cfg.num_critics >= 1, ">= 1"),
     }
-    flowrl.check_config(cfg, checks)
+    fx.check_config(cfg, checks)
     return cfg
-
-
-def hyper(cfg: Config) -> Hyper:
-    return Hyper(*(getattr(cfg, f) for f in Hyper._fields))
 
 
 # ----------------------------------------------------------------------------------------
@@ -183,11 +147,11 @@ class FQLState(eqx.Module):
     step: Int[Array, ""]
 
 
-def make_optimizer(cfg: Config) -> optax.GradientTransformation:
+def optimizer(cfg: Config) -> optax.GradientTransformation:
     return optax.adam(cfg.lr)
 
 
-def init_state(cfg: Config, obs_dim: int, action_dim: int, key: PRNGKeyArray) -> FQLState:
+def init(cfg: Config, obs_dim: int, action_dim: int, key: PRNGKeyArray) -> FQLState:
     """`action_dim` is the flat chunk size h * |A|."""
     k_flow, k_actor, k_critic, k_run = jax.random.split(key, 4)
     bc_flow = flowrl.VelocityField(obs_dim, action_dim, cfg.hidden, key=k_flow)
@@ -202,7 +166,7 @@ def init_state(cfg: Config, obs_dim: int, action_dim: int, key: PRNGKeyArray) ->
         actor,
         critic,
         critic_target,
-        make_optimizer(cfg).init(params),
+        optimizer(cfg).init(params),
         k_run,
         jnp.zeros((), jnp.int32),
     )
@@ -230,20 +194,18 @@ def draw(key: PRNGKeyArray, batch_size: int, action_dim: int) -> Draws:
 AGGREGATE = {"mean": flowrl.ensemble_mean, "min": flowrl.ensemble_min}
 
 
-def critic_target_values(actor, critic_target, batch: Windows, draws: Draws, hp: Hyper):
+def critic_target_values(actor, critic_target, batch: Windows, draws: Draws, cfg: Config):
     """y = n-step rewards + gamma^h * mask * agg_k Qbar_k(s_h, clip(mu(s_h, z'))), no gradient."""
-    next_a = jnp.clip(jax.vmap(actor)(batch.observations[:, -1], draws.next_noise), -1.0, 1.0)
-    next_q = jax.vmap(critic_target)(batch.observations[:, -1], next_a)  # (B, K)
-    v_boot = AGGREGATE[hp.q_agg](next_q.T)
-    target = jax.vmap(
-        lambda r, term, m, v: flowrl.rql_window_target(
-            r, term, m, v, hp.discount, mask_gate=hp.mask_gate
-        )
-    )(batch.rewards, batch.terminals, batch.masks, v_boot)
+    s_h = batch.observations[:, -1]
+    next_a = jnp.clip(jax.vmap(actor)(s_h, draws.next_noise), -1.0, 1.0)
+    target = flowrl.action_value_target(
+        critic_target, s_h, next_a, batch.rewards, batch.terminals, batch.masks,
+        discount=cfg.discount, aggregate=AGGREGATE[cfg.q_agg], mask_gate=cfg.mask_gate,
+    )  # fmt: skip
     return jax.lax.stop_gradient(target)
 
 
-def fql_loss(models, critic_target, batch: Windows, draws: Draws, hp: Hyper):
+def fql_loss(models, critic_target, batch: Windows, draws: Draws, cfg: Config):
     """Total loss = critic squared error + BC flow matching + alpha * distillation + Q term."""
     bc_flow, actor, critic = models
     B, h, A_env = batch.actions.shape
@@ -251,27 +213,25 @@ def fql_loss(models, critic_target, batch: Windows, draws: Draws, hp: Hyper):
     s0 = batch.observations[:, 0]
 
     # Critic: plain squared error on the dataset chunk; windows crossing an end are zeroed.
-    target = critic_target_values(actor, critic_target, batch, draws, hp)
+    target = critic_target_values(actor, critic_target, batch, draws, cfg)
     q = jax.vmap(critic)(s0, a)  # (B, K)
     critic_loss = jnp.mean(batch.valid[:, None] * (q - target[:, None]) ** 2)
 
     # BC flow: flow matching on the interpolant (chunk positions past an end masked).
-    x_t = jax.vmap(flowrl.interpolant)(draws.x0, a, draws.t)
-    u = jax.vmap(bc_flow)(s0, x_t, draws.t)
     chunk_mask = jnp.repeat(batch.action_mask, A_env, axis=1)
-    bc_loss = jnp.mean(jax.vmap(flowrl.flow_matching_loss)(u, draws.x0, a, chunk_mask))
+    bc_loss, _, _ = flowrl.flow_matching_batch(bc_flow, s0, a, draws.x0, draws.t, chunk_mask)
 
     # One-step policy: distil the (frozen, clipped) F-step BC flow from the same noise ...
     frozen_flow = flowrl.freeze(bc_flow)
-    flow_a = jax.vmap(lambda s, z: flowrl.euler_sample(frozen_flow, s, z, steps=hp.flow_steps))(
+    flow_a = jax.vmap(lambda s, z: flowrl.euler_sample(frozen_flow, s, z, steps=cfg.flow_steps))(
         s0, draws.noise
     )
     mu = jax.vmap(actor)(s0, draws.noise)
     distill_loss = jnp.mean(jax.vmap(flowrl.fql_distillation_loss)(mu, flow_a))
     # ... and climb the frozen critic (ensemble mean) at the clipped action.
-    q_pi = flowrl.ensemble_mean(jax.vmap(flowrl.freeze(critic))(s0, jnp.clip(mu, -1, 1)).T)
-    q_loss = flowrl.fql_q_loss(q_pi, normalize=hp.normalize_q)
-    actor_loss = bc_loss + hp.alpha * distill_loss + q_loss
+    q_pi = flowrl.ensemble_mean(jax.vmap(flowrl.freeze(critic))(s0, jnp.clip(mu, -1, 1)))
+    q_loss = flowrl.fql_q_loss(q_pi, normalize=cfg.normalize_q)
+    actor_loss = bc_loss + cfg.alpha * distill_loss + q_loss
 
     total = critic_loss + actor_loss
     metrics = dict(
@@ -287,15 +247,19 @@ def fql_loss(models, critic_target, batch: Windows, draws: Draws, hp: Hyper):
     return total, metrics
 
 
-def update(state: FQLState, batch: Windows, draws: Draws, hp: Hyper, opt):
+def update(state: FQLState, batch: Windows, draws: Draws, cfg: Config):
     """One gradient step on (bc_flow, actor, critic); the target moves towards the PRE-step
     critic, as in the authors' code."""
     models = (state.bc_flow, state.actor, state.critic)
     grads, metrics = eqx.filter_grad(fql_loss, has_aux=True)(
-        models, state.critic_target, batch, draws, hp
+        models, state.critic_target, batch, draws, cfg
     )
     (bc_flow, actor, critic), opt_state, (critic_target,) = flowrl.optimizer_step(
-        models, grads, opt, state.opt_state, targets=[(state.critic, state.critic_target, hp.tau)]
+        models,
+        grads,
+        optimizer(cfg),
+        state.opt_state,
+        targets=[(state.critic, state.critic_target, cfg.tau)],
     )
     return FQLState(
         bc_flow=bc_flow,
@@ -308,33 +272,24 @@ def update(state: FQLState, batch: Windows, draws: Draws, hp: Hyper, opt):
     ), metrics
 
 
-def train_step(state: FQLState, dataset: Dataset, hp: Hyper, opt):
-    """Sample a batch and the draws on device, then update."""
+def sample(cfg: Config, dataset: Dataset, k_batch: PRNGKeyArray, k_draw: PRNGKeyArray):
+    """A batch of windows and the draws, on device."""
+    batch = sample_windows(dataset, k_batch, cfg.batch_size, cfg.horizon, bootstrap=cfg.bootstrap)
+    return batch, draw(k_draw, cfg.batch_size, cfg.horizon * dataset.action_dim)
+
+
+def step(cfg: Config, state: FQLState, dataset: Dataset):
+    """One update on a batch sampled on device."""
     key, k_batch, k_draw = jax.random.split(state.key, 3)
-    batch = sample_windows(dataset, k_batch, hp.batch_size, hp.horizon, bootstrap=hp.bootstrap)
-    draws = draw(k_draw, hp.batch_size, hp.horizon * dataset.action_dim)
-    return update(eqx.tree_at(lambda s: s.key, state, key), batch, draws, hp, opt)
+    batch, draws = sample(cfg, dataset, k_batch, k_draw)
+    return update(eqx.tree_at(lambda s: s.key, state, key), batch, draws, cfg)
 
 
-def make_block(hp: Hyper, opt, num_steps: int, *, seeds: bool = False):
-    """One jitted call = `num_steps` updates in a lax.scan, state donated; with `seeds=True`
-    vmapped over a leading seed axis of the state ([`flowrl.jit_block`][])."""
-    step = lambda state, dataset: train_step(state, dataset, hp, opt)  # noqa: E731
-    return flowrl.jit_block(step, num_steps, seeds=seeds)
-
-
-def make_validation(hp: Hyper):
-    """Losses on a batch of the validation split, without updating."""
-
-    @eqx.filter_jit
-    def validate(dataset: Dataset, state: FQLState, key: PRNGKeyArray):
-        k_batch, k_draw = jax.random.split(key)
-        batch = sample_windows(dataset, k_batch, hp.batch_size, hp.horizon, bootstrap=hp.bootstrap)
-        draws = draw(k_draw, hp.batch_size, hp.horizon * dataset.action_dim)
-        models = (state.bc_flow, state.actor, state.critic)
-        return fql_loss(models, state.critic_target, batch, draws, hp)[1]
-
-    return validate
+def losses(cfg: Config, state: FQLState, dataset: Dataset, key: PRNGKeyArray):
+    """The losses on a batch (of the validation split), without updating."""
+    batch, draws = sample(cfg, dataset, *jax.random.split(key))
+    models = (state.bc_flow, state.actor, state.critic)
+    return fql_loss(models, state.critic_target, batch, draws, cfg)[1]
 
 
 # ----------------------------------------------------------------------------------------
@@ -342,44 +297,23 @@ def make_validation(hp: Hyper):
 # ----------------------------------------------------------------------------------------
 
 
-def make_policy(hp: Hyper, action_dim: int):
-    @eqx.filter_jit
-    def act(actor: flowrl.OneStepPolicy, obs, key):
-        noise = jax.random.normal(key, (hp.horizon * action_dim,))
-        return jnp.clip(actor(obs, noise), -1.0, 1.0).reshape(hp.horizon, action_dim)
-
-    return act
+def act(cfg: Config, state: FQLState, obs: Float[Array, " O"], key: PRNGKeyArray):
+    noise = jax.random.normal(key, (state.actor.action_dim,))
+    return jnp.clip(state.actor(obs, noise), -1.0, 1.0).reshape(cfg.horizon, -1)
 
 
-def make_acting(hp: Hyper, action_dim: int):
-    """The evaluation policy of the training loop: the online one-step policy (no EMA)."""
-    act = make_policy(hp, action_dim)
-    return lambda state, obs, key: act(state.actor, jnp.asarray(obs), key)
-
-
-# ----------------------------------------------------------------------------------------
-# Training: the library's shared loop does logging, evaluation, checkpoints and resume.
-# ----------------------------------------------------------------------------------------
-
-
-LEARNER = flowrl.Learner(
-    name="FQL",
-    resolve=resolve,
-    init=init_state,
-    make_block=lambda cfg, seeds: make_block(
-        hyper(cfg), make_optimizer(cfg), cfg.block, seeds=seeds
-    ),
-    make_policy=lambda cfg, act_dim: make_acting(hyper(cfg), act_dim),
-    make_validation=lambda cfg: make_validation(hyper(cfg)),
+LEARNER = fx.register(
+    fx.Learner(
+        name="fql",
+        config=Config,
+        init=init,
+        step=step,
+        act=act,
+        losses=losses,
+        resolve=resolve,
+        metrics=("critic_loss", "bc_loss"),
+    )
 )
 
-
-def train(cfg: Config) -> Path:
-    """Train FQL: the library's shared driver does data, logging, evaluation, checkpoints."""
-    return flowrl.run(cfg, LEARNER)
-
-
 if __name__ == "__main__":
-    import tyro
-
-    train(tyro.cli(Config))
+    fx.main(LEARNER)

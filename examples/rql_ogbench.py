@@ -1,18 +1,21 @@
 """Reversal Q-Learning (Oberai, Park, Levine 2026) on OGBench, composed from flowrl's parts.
 
 Read top to bottom: config and presets, learner state, the losses (random draws as inputs),
-one update, a scan-fused training block, acting, and the training loop.
+one update, acting, and the learner record that flowrl.experiment runs.
 
     python examples/rql_ogbench.py                       # CPU default: cube-single task2
     python examples/rql_ogbench.py --env-name scene-play-singletask-task2-v0 --size paper
+    python examples/rql_ogbench.py --critic-target expanded   # the naive expanded-MDP ablation
+    python examples/rql_ogbench.py --env-name toy-bandit --steps 2000 --block 500 \
+        --eval-every 1000 --hidden 64 64                  # a toy task, in seconds
     python examples/rql_ogbench.py --resume runs/<run>   # continue a run
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
-from pathlib import Path
 from typing import Literal, NamedTuple
 
 import equinox as eqx
@@ -22,11 +25,8 @@ import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 import flowrl
-from flowrl.data import (
-    Dataset,
-    Windows,
-    sample_windows,
-)
+import flowrl.experiment as fx
+from flowrl.data import Dataset, Windows, sample_windows
 
 warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
 
@@ -35,21 +35,24 @@ warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
 # ----------------------------------------------------------------------------------------
 
 # Paper Table 3 / the authors' hyperparameters.sh, keyed by environment family.
-# (alpha, kappa, rho, horizon h, discount, sparse reward)
-ENV_PRESETS: dict[str, tuple[float, float, float, int, float, bool]] = {
-    "scene-play": (3.0, 0.7, 0.5, 5, 0.99, True),
-    "puzzle-3x3-play": (1.0, 0.7, 0.5, 5, 0.99, True),
-    "puzzle-4x4-play": (1.0, 0.9, 0.5, 5, 0.99, True),
-    "cube-double-play": (10.0, 0.9, 0.5, 5, 0.99, False),
-    "cube-triple-play": (1.0, 0.9, 0.5, 5, 0.99, False),
-    "cube-quadruple-play": (1.0, 0.7, 0.5, 5, 0.99, False),
-    "antmaze-large-navigate": (0.1, 0.5, 0.5, 1, 0.99, False),
-    "antmaze-giant-navigate": (0.1, 0.5, 0.5, 1, 0.995, False),
-    "humanoidmaze-medium-navigate": (0.3, 0.5, 0.0, 1, 0.995, False),
-    "humanoidmaze-large-navigate": (0.3, 0.5, 0.0, 1, 0.995, False),
-    # Not in the paper: the CPU default, calibrated on the authors' code (RQL.md).
-    "cube-single-play": (10.0, 0.9, 0.5, 5, 0.99, False),
-    "pointmaze-medium-navigate": (0.3, 0.5, 0.5, 1, 0.99, False),
+_MANIP = dict(rho=0.5, horizon=5, discount=0.99)
+_MAZE = dict(horizon=1, sparse_reward=False)
+ENV_PRESETS = {
+    "scene-play": dict(alpha=3.0, kappa=0.7, **_MANIP, sparse_reward=True),
+    "puzzle-3x3-play": dict(alpha=1.0, kappa=0.7, **_MANIP, sparse_reward=True),
+    "puzzle-4x4-play": dict(alpha=1.0, kappa=0.9, **_MANIP, sparse_reward=True),
+    "cube-double-play": dict(alpha=10.0, kappa=0.9, **_MANIP, sparse_reward=False),
+    "cube-triple-play": dict(alpha=1.0, kappa=0.9, **_MANIP, sparse_reward=False),
+    "cube-quadruple-play": dict(alpha=1.0, kappa=0.7, **_MANIP, sparse_reward=False),
+    "antmaze-large-navigate": dict(alpha=0.1, kappa=0.5, rho=0.5, discount=0.99, **_MAZE),
+    "antmaze-giant-navigate": dict(alpha=0.1, kappa=0.5, rho=0.5, discount=0.995, **_MAZE),
+    "humanoidmaze-medium-navigate": dict(alpha=0.3, kappa=0.5, rho=0.0, discount=0.995, **_MAZE),
+    "humanoidmaze-large-navigate": dict(alpha=0.3, kappa=0.5, rho=0.0, discount=0.995, **_MAZE),
+    # Not in the paper: the CPU default, calibrated on the authors' code (RQL.md) ...
+    "cube-single-play": dict(alpha=10.0, kappa=0.9, **_MANIP, sparse_reward=False),
+    "pointmaze-medium-navigate": dict(alpha=0.3, kappa=0.5, rho=0.5, discount=0.99, **_MAZE),
+    # ... and the toy tasks of flowrl.data.toy (Q spans only ~1 there: a small alpha).
+    "toy-": dict(alpha=0.01, kappa=0.7, rho=0.0, discount=0.9, **_MAZE),
 }
 
 # Network / budget sizes. "paper": the published runs; "cpu": minutes on a 2-core machine.
@@ -75,10 +78,10 @@ SIZES = {
 }
 
 
-@dataclasses.dataclass
-class Config(flowrl.RunConfig):
+@dataclasses.dataclass(frozen=True)
+class Config(fx.RunConfig):
     """RQL on an OGBench singletask environment. Unset (None) fields come from the presets;
-    the run-control fields (budget, data, outputs, seeds, resume) are flowrl.RunConfig's."""
+    the run-control fields (budget, data, outputs, seeds, resume) are fx.RunConfig's."""
 
     batch_size: int | None = None
     """Windows per gradient step (preset)."""
@@ -92,12 +95,8 @@ class Config(flowrl.RunConfig):
     """Expectile of the critic regression (environment preset)."""
     rho: float | None = None
     """Pessimism of the target: mean - rho * std over the target ensemble (preset)."""
-    horizon: int | None = None
-    """Action-chunk length h (5 manipulation, 1 mazes)."""
     discount: float | None = None
     """Discount gamma per environment step."""
-    sparse_reward: bool | None = None
-    """Map every nonzero reward to -1 (scene, puzzle)."""
     flow_steps: int = 10
     """Euler steps F of the policy flow (and of the reversal)."""
     lr: float = 3e-4
@@ -114,50 +113,23 @@ class Config(flowrl.RunConfig):
     """Bootstrap state of windows ending a trajectory: true final state, or authors' clamp."""
     mask_gate: Literal["last", "all"] = "last"
     """Which masks gate the bootstrap: authors' last mask only, or any success in the window."""
-
-
-class Hyper(NamedTuple):
-    """The static numbers the update needs (hashable, so jit can close over them)."""
-
-    alpha: float
-    kappa: float
-    rho: float
-    horizon: int
-    discount: float
-    flow_steps: int
-    batch_size: int
-    tau: float
-    ema: float
-    value_at: str
-    reversal: str
-    bootstrap: str
-    mask_gate: str
-
-
-def env_family(env_name: str) -> str:
-    for family in sorted(ENV_PRESETS, key=len, reverse=True):
-        if env_name.startswith(family):
-            return family
-    raise ValueError(
-        f"--env-name {env_name!r}: no preset for this environment; known families: "
-        f"{sorted(ENV_PRESETS)}. Pass --alpha --kappa --rho --horizon --discount "
-        "--sparse-reward explicitly to run it anyway."
-    )
+    critic_target: Literal["shared", "expanded"] = "shared"
+    """RQL's shared environment-level target for every reversed point, or the paper's naive
+    ablation: one-step backups between flow steps in the expanded MDP (F * T horizon)."""
+    depths: Literal["mixed", "grid"] = "mixed"
+    """Reversal depths: RQL's mix (half U(0, 1), half grid) or the flow grid only (t = k/F)."""
 
 
 def resolve(cfg: Config) -> Config:
-    """Fill every None field from the environment and size presets."""
-    fill = dict(SIZES[cfg.size])
-    env_fields = ("alpha", "kappa", "rho", "horizon", "discount", "sparse_reward")
-    if any(getattr(cfg, f) is None for f in env_fields):
-        fill.update(zip(env_fields, ENV_PRESETS[env_family(cfg.env_name)], strict=True))
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in fill.items() if getattr(cfg, k) is None})
-    cfg = dataclasses.replace(cfg, hidden=tuple(cfg.hidden))
+    """Fill every None field from the environment and size presets, then check the ranges."""
+    cfg = fx.fill_presets(cfg, ENV_PRESETS, SIZES)
+    assert cfg.alpha is not None and cfg.kappa is not None and cfg.rho is not None
+    assert cfg.discount is not None and cfg.batch_size is not None
+    assert cfg.num_critics is not None
     checks = {
         "alpha": (cfg.alpha >= 0, ">= 0"),
         "kappa": (0 < cfg.kappa < 1, "in (0, 1)"),
         "rho": (cfg.rho >= 0, ">= 0"),
-        "horizon": (cfg.horizon >= 1, ">= 1"),
         "discount": (0 < cfg.discount <= 1, "in (0, 1]"),
         "tau": (0 <= cfg.tau <= 1, "in [0, 1]"),
         "ema": (0 <= cfg.ema < 1, "in [0, 1)"),
@@ -166,12 +138,8 @@ def resolve(cfg: Config) -> Config:
         "batch_size": (cfg.batch_size >= 2, ">= 2"),
         "num_critics": (cfg.num_critics >= 1, ">= 1"),
     }
-    flowrl.check_config(cfg, checks)
+    fx.check_config(cfg, checks)
     return cfg
-
-
-def hyper(cfg: Config) -> Hyper:
-    return Hyper(**{name: getattr(cfg, name) for name in Hyper._fields})
 
 
 # ----------------------------------------------------------------------------------------
@@ -191,11 +159,11 @@ class RQLState(eqx.Module):
     step: Int[Array, ""]
 
 
-def make_optimizer(cfg: Config) -> optax.GradientTransformation:
+def optimizer(cfg: Config) -> optax.GradientTransformation:
     return optax.adam(cfg.lr)
 
 
-def init_state(cfg: Config, obs_dim: int, action_dim: int, key: PRNGKeyArray) -> RQLState:
+def init(cfg: Config, obs_dim: int, action_dim: int, key: PRNGKeyArray) -> RQLState:
     """`action_dim` is the flat chunk size h * |A|."""
     k_actor, k_critic, k_run = jax.random.split(key, 3)
     actor = flowrl.VelocityField(obs_dim, action_dim, cfg.hidden, key=k_actor)
@@ -209,7 +177,7 @@ def init_state(cfg: Config, obs_dim: int, action_dim: int, key: PRNGKeyArray) ->
         copy(actor),
         critic,
         copy(critic),
-        make_optimizer(cfg).init(params),
+        optimizer(cfg).init(params),
         k_run,
         jnp.zeros((), jnp.int32),
     )
@@ -227,68 +195,70 @@ class Draws(NamedTuple):
     t: Float[Array, " B"]  # flow-matching times
 
 
-def draw(key: PRNGKeyArray, batch_size: int, action_dim: int, flow_steps: int) -> Draws:
+def draw(key: PRNGKeyArray, cfg: Config, batch_size: int, action_dim: int) -> Draws:
     k_noise, k_depth, k_fm = jax.random.split(key, 3)
     x0, t = flowrl.flow_matching_draws(k_fm, batch_size, action_dim)
-    return Draws(
-        jax.random.normal(k_noise, (batch_size, action_dim)),
-        flowrl.reversal_depths(k_depth, batch_size, flow_steps),
-        x0,
-        t,
+    depth = flowrl.reversal_depths(k_depth, batch_size, cfg.flow_steps)
+    if cfg.depths == "grid":  # the literal expanded MDP: states on t = k/F only
+        grid = jax.random.randint(jax.random.fold_in(key, 1), (batch_size,), 0, cfg.flow_steps + 1)
+        depth = (grid / cfg.flow_steps).astype(jnp.float32)
+    return Draws(jax.random.normal(k_noise, (batch_size, action_dim)), depth, x0, t)
+
+
+def critic_targets(actor, critic_target, s0, s_h, rev, batch: Windows, draws: Draws, cfg):
+    """The regression target of each reversed point `(s_0, x_t, t)`, (B,).
+
+    - `shared` (RQL): the environment-level target, the window's discounted rewards plus the
+      pessimistic (lcb) target-ensemble value of `s_h` at fresh noise, `t = 0`, for every t.
+    - `expanded` (the naive ablation): Q-learning in the expanded MDP, each Euler step an
+      action with reward 0; one-step backups `lcb Qbar(s, x_t + D v(s, x_t, t), t + D)` for
+      `t < 1`, the environment-level target at `t = 1`.
+    """
+    aggregate = functools.partial(flowrl.ensemble_lcb, rho=cfg.rho)
+    y_env = flowrl.env_level_target(
+        critic_target, s_h, draws.next_noise, batch.rewards, batch.terminals, batch.masks,
+        discount=cfg.discount, aggregate=aggregate, mask_gate=cfg.mask_gate,
+    )  # fmt: skip
+    if cfg.critic_target == "shared":
+        return y_env
+    u_rev = jax.vmap(flowrl.freeze(actor))(s0, rev.x, rev.t)  # the current policy's step
+    one_step = lambda s, x, t, u, y: flowrl.expanded_td_target(
+        critic_target, s, x, t, u, y, steps=cfg.flow_steps, aggregate=aggregate
     )
+    return jax.vmap(one_step)(s0, rev.x, rev.t, u_rev, y_env)
 
 
-def env_target(critic_target, s_h, batch: Windows, draws: Draws, hp: Hyper):
-    """The environment-level target of each window, (B,): the window's discounted rewards plus
-    the pessimistic (lcb) target-ensemble value of `s_h` at a fresh noise `z`, `t = 0`."""
-    next_q = jax.vmap(critic_target)(s_h, draws.next_noise, jnp.zeros(s_h.shape[0]))  # (B, K)
-    v_boot = flowrl.ensemble_lcb(next_q.T, hp.rho)
-    return jax.vmap(
-        lambda r, term, m, v: flowrl.rql_window_target(
-            r, term, m, v, hp.discount, mask_gate=hp.mask_gate
-        )
-    )(batch.rewards, batch.terminals, batch.masks, v_boot)
-
-
-def actor_terms(actor, critic, s0, a, rev: flowrl.Reversal, batch: Windows, draws, hp: Hyper):
-    """RQL's actor loss, `(value term, flow-matching loss)`: flow matching on the interpolant,
-    and the one-hop value term through the frozen critic, at the interpolant (default) or at the
-    reversed points `rev`."""
-    x_t = jax.vmap(flowrl.interpolant)(draws.x0, a, draws.t)
-    u = jax.vmap(actor)(s0, x_t, draws.t)
-    chunk_mask = jnp.repeat(batch.action_mask, batch.actions.shape[-1], axis=1)
-    bc_loss = jnp.mean(jax.vmap(flowrl.flow_matching_loss)(u, draws.x0, a, chunk_mask))
-    if hp.value_at == "interpolant":
-        x_v, t_v, u_v = x_t, draws.t, u
-    else:  # the paper's reading: take the value step from the reversed points
-        x_v, t_v = rev.x, rev.t
-        u_v = jax.vmap(actor)(s0, x_v, t_v)
-    value = jax.vmap(
-        lambda s, x, t, v: flowrl.one_hop_value_loss(critic, s, x, t, v, steps=hp.flow_steps)
-    )(s0, x_v, t_v, u_v)
-    return jnp.mean(batch.valid * value), bc_loss
-
-
-def rql_loss(models, critic_target, batch: Windows, draws: Draws, hp: Hyper):
+def rql_loss(models, critic_target, batch: Windows, draws: Draws, cfg: Config):
     """Total loss = one-hop value term + alpha * flow matching + critic expectile loss."""
     actor, critic = models
     B, h, A_env = batch.actions.shape
     a = batch.actions.reshape(B, h * A_env)  # the chunk a_0..a_{h-1}, flattened
     s0, s_h = batch.observations[:, 0], batch.observations[:, -1]
 
-    # Critic: every reversed point regresses onto the same environment-level target.
-    target = jax.lax.stop_gradient(env_target(critic_target, s_h, batch, draws, hp))
+    # Critic: the reversed points of the dataset chunk regress onto their targets.
     rev = jax.vmap(
-        lambda s, x, d: flowrl.reverse_flow(actor, s, x, d, steps=hp.flow_steps, method=hp.reversal)
+        lambda s, x, d: flowrl.reverse_flow(
+            actor, s, x, d, steps=cfg.flow_steps, method=cfg.reversal
+        )
     )(s0, a, draws.depth)
+    target = critic_targets(actor, critic_target, s0, s_h, rev, batch, draws, cfg)
+    target = jax.lax.stop_gradient(target)
     q = jax.vmap(critic)(s0, rev.x, rev.t)  # (B, K)
-    targets = jnp.broadcast_to(target[:, None], q.shape)
-    critic_loss = jnp.mean(batch.valid[:, None] * flowrl.expectile_loss(targets, q, hp.kappa))
+    critic_loss = flowrl.ensemble_expectile_loss(q, target, batch.valid, cfg.kappa)
 
-    # Actor: flow matching on the interpolant, plus the one-hop value term (critic frozen).
-    actor_loss, bc_loss = actor_terms(actor, critic, s0, a, rev, batch, draws, hp)
+    # Actor: flow matching on the interpolant, plus the one-hop value term (critic frozen),
+    # at the interpolant (authors' code) or at the reversed points (the paper's reading).
+    chunk_mask = jnp.repeat(batch.action_mask, A_env, axis=1)
+    bc_loss, x_t, u = flowrl.flow_matching_batch(actor, s0, a, draws.x0, draws.t, chunk_mask)
+    x_v, t_v, u_v = x_t, draws.t, u
+    if cfg.value_at == "reversed":
+        x_v, t_v = rev.x, rev.t
+        u_v = jax.vmap(actor)(s0, x_v, t_v)
+    actor_loss = flowrl.one_hop_actor_loss(
+        critic, s0, x_v, t_v, u_v, batch.valid, steps=cfg.flow_steps
+    )
 
-    total = actor_loss + hp.alpha * bc_loss + critic_loss
+    total = actor_loss + cfg.alpha * bc_loss + critic_loss
     metrics = dict(
         total_loss=total,
         critic_loss=critic_loss,
@@ -297,24 +267,25 @@ def rql_loss(models, critic_target, batch: Windows, draws: Draws, hp: Hyper):
         q_mean=jnp.mean(q),
         target_mean=jnp.mean(target),
     )
+    if cfg.critic_target == "expanded":
+        metrics["env_target_fraction"] = jnp.mean((rev.t >= 1.0).astype(jnp.float32))
     return total, metrics
 
 
-def update(state: RQLState, batch: Windows, draws: Draws, hp: Hyper, opt, loss=rql_loss):
-    """One gradient step on (actor, critic) of `loss` (RQL's by default; the naive example
-    passes its own); targets move towards the PRE-step weights."""
+def update(state: RQLState, batch: Windows, draws: Draws, cfg: Config):
+    """One gradient step on (actor, critic); targets move towards the PRE-step weights."""
     models = (state.actor, state.critic)
-    grads, metrics = eqx.filter_grad(loss, has_aux=True)(
-        models, state.critic_target, batch, draws, hp
+    grads, metrics = eqx.filter_grad(rql_loss, has_aux=True)(
+        models, state.critic_target, batch, draws, cfg
     )
     (actor, critic), opt_state, (critic_target, actor_ema) = flowrl.optimizer_step(
         models,
         grads,
-        opt,
+        optimizer(cfg),
         state.opt_state,
         targets=[
-            (state.critic, state.critic_target, hp.tau),
-            (state.actor, state.actor_ema, 1.0 - hp.ema),
+            (state.critic, state.critic_target, cfg.tau),
+            (state.actor, state.actor_ema, 1.0 - cfg.ema),
         ],
     )
     return RQLState(
@@ -328,32 +299,23 @@ def update(state: RQLState, batch: Windows, draws: Draws, hp: Hyper, opt, loss=r
     ), metrics
 
 
-def train_step(state: RQLState, dataset: Dataset, hp: Hyper, opt):
-    """Sample a batch and the draws on device, then update."""
+def sample(cfg: Config, dataset: Dataset, k_batch: PRNGKeyArray, k_draw: PRNGKeyArray):
+    """A batch of windows and the draws, on device."""
+    batch = sample_windows(dataset, k_batch, cfg.batch_size, cfg.horizon, bootstrap=cfg.bootstrap)
+    return batch, draw(k_draw, cfg, cfg.batch_size, cfg.horizon * dataset.action_dim)
+
+
+def step(cfg: Config, state: RQLState, dataset: Dataset):
+    """One update on a batch sampled on device."""
     key, k_batch, k_draw = jax.random.split(state.key, 3)
-    batch = sample_windows(dataset, k_batch, hp.batch_size, hp.horizon, bootstrap=hp.bootstrap)
-    draws = draw(k_draw, hp.batch_size, hp.horizon * dataset.action_dim, hp.flow_steps)
-    return update(eqx.tree_at(lambda s: s.key, state, key), batch, draws, hp, opt)
+    batch, draws = sample(cfg, dataset, k_batch, k_draw)
+    return update(eqx.tree_at(lambda s: s.key, state, key), batch, draws, cfg)
 
 
-def make_block(hp: Hyper, opt, num_steps: int, *, seeds: bool = False):
-    """One jitted call = `num_steps` updates in a lax.scan, state donated; with `seeds=True`
-    vmapped over a leading seed axis of the state ([`flowrl.jit_block`][])."""
-    step = lambda state, dataset: train_step(state, dataset, hp, opt)  # noqa: E731
-    return flowrl.jit_block(step, num_steps, seeds=seeds)
-
-
-def make_validation(hp: Hyper):
-    """Losses on a batch of the validation split, without updating."""
-
-    @eqx.filter_jit
-    def validate(dataset: Dataset, state: RQLState, key: PRNGKeyArray):
-        k_batch, k_draw = jax.random.split(key)
-        batch = sample_windows(dataset, k_batch, hp.batch_size, hp.horizon, bootstrap=hp.bootstrap)
-        draws = draw(k_draw, hp.batch_size, hp.horizon * dataset.action_dim, hp.flow_steps)
-        return rql_loss((state.actor, state.critic), state.critic_target, batch, draws, hp)[1]
-
-    return validate
+def losses(cfg: Config, state: RQLState, dataset: Dataset, key: PRNGKeyArray):
+    """The losses on a batch (of the validation split), without updating."""
+    batch, draws = sample(cfg, dataset, *jax.random.split(key))
+    return rql_loss((state.actor, state.critic), state.critic_target, batch, draws, cfg)[1]
 
 
 # ----------------------------------------------------------------------------------------
@@ -361,46 +323,25 @@ def make_validation(hp: Hyper):
 # ----------------------------------------------------------------------------------------
 
 
-def make_policy(hp: Hyper, action_dim: int):
-    @eqx.filter_jit
-    def act(actor: flowrl.VelocityField, obs, key):
-        noise = jax.random.normal(key, (hp.horizon * action_dim,))
-        chunk = flowrl.euler_sample(actor, obs, noise, steps=hp.flow_steps)
-        return chunk.reshape(hp.horizon, action_dim)
-
-    return act
+def act(cfg: Config, state: RQLState, obs: Float[Array, " O"], key: PRNGKeyArray):
+    noise = jax.random.normal(key, (state.actor_ema.action_dim,))
+    chunk = flowrl.euler_sample(state.actor_ema, obs, noise, steps=cfg.flow_steps)
+    return chunk.reshape(cfg.horizon, -1)
 
 
-def make_acting(hp: Hyper, action_dim: int):
-    """The evaluation policy of the training loop: acts with the EMA field."""
-    act = make_policy(hp, action_dim)
-    return lambda state, obs, key: act(state.actor_ema, jnp.asarray(obs), key)
-
-
-# ----------------------------------------------------------------------------------------
-# Training: the library's shared driver and loop do data, logging, evaluation, checkpoints,
-# resume, seeds and devices.
-# ----------------------------------------------------------------------------------------
-
-
-LEARNER = flowrl.Learner(
-    name="RQL",
-    resolve=resolve,
-    init=init_state,
-    make_block=lambda cfg, seeds: make_block(
-        hyper(cfg), make_optimizer(cfg), cfg.block, seeds=seeds
-    ),
-    make_policy=lambda cfg, act_dim: make_acting(hyper(cfg), act_dim),
-    make_validation=lambda cfg: make_validation(hyper(cfg)),
+LEARNER = fx.register(
+    fx.Learner(
+        name="rql",
+        config=Config,
+        init=init,
+        step=step,
+        act=act,
+        losses=losses,
+        resolve=resolve,
+        metrics=("critic_loss", "bc_loss"),
+    )
 )
-
-
-def train(cfg: Config) -> Path:
-    """Train RQL: the library's shared driver does data, logging, evaluation, checkpoints."""
-    return flowrl.run(cfg, LEARNER)
-
+NAIVE = fx.register(LEARNER.variant("naive", critic_target="expanded"))
 
 if __name__ == "__main__":
-    import tyro
-
-    train(tyro.cli(Config))
+    fx.main(LEARNER)

@@ -161,3 +161,26 @@ def init_distributed(
         coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
     )
     return jax.process_index(), jax.process_count()
+
+
+def _process_mesh(state: Any) -> Any:
+    """The mesh of the state's sharding when it spans several processes, else `None`."""
+    if jax.process_count() == 1:
+        return None
+    for x in jax.tree.leaves(state):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if isinstance(x.sharding, jax.sharding.NamedSharding):
+                return x.sharding.mesh
+    return None
+
+
+def _gather_rows(rows: dict[int, dict[str, float]], count: int) -> list[dict[str, float]]:
+    """Rows computed in different processes (seed index -> row, each seed in exactly one
+    process), as the full list in every process: a collective."""
+    names = list(next(iter(rows.values())))
+    table = np.full((count, len(names)), np.nan)
+    for i, row in rows.items():
+        table[i] = [row[k] for k in names]
+    everyone = np.asarray(multihost_utils.process_allgather(table))  # (processes, count, names)
+    owner = [i % jax.process_count() for i in range(count)]
+    return [dict(zip(names, everyone[owner[i], i].tolist(), strict=True)) for i in range(count)]

@@ -1,0 +1,383 @@
+"""The training loop every learner shares: blocks of fused updates, logs, validation,
+evaluation of every seed, checkpoints, resume and Ctrl-C."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from ._checkpoints import load_checkpoint, save_checkpoint
+from ._distributed import _gather_rows, _process_mesh, fetch_to_host, replicate, same_placement
+from ._evaluation import evaluate
+from ._logging import CSVLogger, ExtraWriters, plot_learning_curve, progress, save_video
+from ._records import checkpoint_dir, write_run_record
+
+S = TypeVar("S")
+Rows = list[dict[str, float]]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss became NaN or infinite; the message names the step and the loss."""
+
+
+def check_finite(metrics: Mapping[str, Any], first_step: int) -> None:
+    """Raise [`flowrl.experiment.NonFiniteLossError`][] naming the first step and metric that
+    is not finite.
+
+    **Arguments:** `metrics`, a block's stacked metrics (leading axis = steps of the block);
+    `first_step`, the global step number of the block's first row.
+    """
+    for name, values in metrics.items():
+        arr = np.asarray(values).reshape(np.shape(values)[0] if np.ndim(values) else 1, -1)
+        bad = ~np.isfinite(arr).all(axis=1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise NonFiniteLossError(
+                f"non-finite '{name}' = {arr[i].tolist()} at step {first_step + i}"
+            )
+
+
+class RunData(Protocol):
+    """What the loop needs of the data: the training and validation datasets
+    ([`flowrl.data.Dataset`][]), the evaluation environment (Gymnasium's `reset(seed=)` and
+    `step`, with `info["success"]`), and `record()`, where the data came from (written to
+    `data.json`: `name`, `dataset_dir`, `rebuilt`, `rebuild_record`).
+    [`flowrl.data.OGBenchData`][] and [`flowrl.data.toy.ToyData`][] are such data."""
+
+    @property
+    def train(self) -> Any: ...
+
+    @property
+    def val(self) -> Any: ...
+
+    @property
+    def env(self) -> Any: ...
+
+    def record(self) -> Mapping[str, Any]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+    """The budget and the outputs of [`flowrl.experiment.train_loop`][].
+
+    - `run_dir`: where logs, config and checkpoints go.
+    - `steps`, `block_size`, `eval_every`, `eval_episodes`: the budget; `steps` and
+      `eval_every` are multiples of `block_size`.
+    - `seeds`: the seeds; `stacked=True` when the state carries a leading axis of one entry
+      per seed (then logs go to `run_dir/seed<s>/`), else exactly one seed.
+    - `config`: the run's config as a JSON-able mapping (saved, and checked on resume).
+    - `resume`: load `run_dir/checkpoint` first; `may_differ` lists the config fields a
+      resumed run may change.
+    - `progress`, `tensorboard`, `track`, `video_episodes`, `title`: outputs; `metrics`: the
+      training metrics shown in the progress bar and plotted.
+    - `swap_every`: with training shards, steps per shard (a multiple of `block_size`).
+    """
+
+    run_dir: Path
+    steps: int
+    block_size: int
+    eval_every: int
+    eval_episodes: int
+    seeds: tuple[int, ...] = (0,)
+    stacked: bool = False
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    resume: bool = False
+    may_differ: tuple[str, ...] = ()
+    progress: bool = True
+    tensorboard: bool = False
+    track: bool = False
+    video_episodes: int = 0
+    title: str = ""
+    metrics: tuple[str, ...] = ()
+    swap_every: int = 1000
+
+    def __post_init__(self):
+        object.__setattr__(self, "run_dir", Path(self.run_dir))
+        if not self.stacked and len(self.seeds) != 1:
+            raise ValueError(f"an unstacked state has one seed, got seeds={self.seeds}")
+        if self.block_size < 1 or self.steps % self.block_size or self.eval_every % self.block_size:
+            raise ValueError(
+                f"steps ({self.steps}) and eval_every ({self.eval_every}) must be multiples of "
+                f"the block size ({self.block_size} >= 1)"
+            )
+
+    @property
+    def seed_dirs(self) -> list[Path]:
+        if not self.stacked:
+            return [self.run_dir]
+        return [self.run_dir / f"seed{s}" for s in self.seeds]
+
+
+def _seed_slice(tree: S, i: int) -> S:
+    return jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, tree)
+
+
+def _rows(metrics: Mapping[str, Any], count: int, stacked: bool, seed_axis: int) -> Rows:
+    """One row per seed: the mean of each metric over its steps, the seed on `seed_axis`."""
+    pick = lambda v, i: np.take(np.asarray(v), i, axis=seed_axis) if stacked else np.asarray(v)
+    return [{k: float(np.mean(pick(v, i))) for k, v in metrics.items()} for i in range(count)]
+
+
+class _Run:
+    """The open run: its outputs (only process 0 writes) and the pieces of one iteration."""
+
+    def __init__(self, data: RunData, policy: Callable, options: LoopOptions, state: Any):
+        self.data, self.policy, self.opt = data, policy, options
+        self.mesh = _process_mesh(state)
+        if jax.process_count() > 1 and (self.mesh is None or not options.stacked):
+            raise ValueError(
+                f"with {jax.process_count()} processes, `state` must be a stack of seeds split "
+                "over the devices of all of them (flowrl.experiment.init_seeds) and the "
+                "options' `seeds` the list of its seeds"
+            )
+        self.lead = jax.process_index() == 0  # the process that writes logs and checkpoints
+        self.loggers, self.writers = [], []
+        if self.lead:
+            options.run_dir.mkdir(parents=True, exist_ok=True)
+            self.loggers = [CSVLogger(d) for d in options.seed_dirs]
+        self.interrupted = False
+        self.bar = None
+
+    def place(self, tree):
+        return tree if self.mesh is None else replicate(tree, self.mesh)
+
+    def restore(self, state: S) -> tuple[S, int]:
+        """Load the checkpoint when resuming, write the run record, open the writers."""
+        opt, start = self.opt, 0
+        if opt.resume:
+            loaded, start = load_checkpoint(
+                checkpoint_dir(opt.run_dir), state, opt.config, may_differ=opt.may_differ
+            )
+            state = same_placement(loaded, state)  # keep the template's devices / shardings
+            for logger in self.loggers:
+                logger.truncate_after(start)
+            if self.lead:
+                print(f"Resumed {opt.run_dir} at step {start}")
+        if self.lead:
+            write_run_record(opt.run_dir, opt.config, self.data.record())
+            self.writers = [
+                ExtraWriters(d, opt.config, tensorboard=opt.tensorboard, track=opt.track and i == 0)
+                for i, d in enumerate(opt.seed_dirs)
+            ]
+        self.bar = progress(opt.steps, start, enabled=opt.progress and self.lead)
+        return state, start
+
+    def log(self, split: str, step: int, rows: Rows) -> None:
+        for logger, writer, row in zip(self.loggers, self.writers, rows, strict=True):
+            logger.log(split, step, row)
+            writer.log(split, step, row)
+
+    def whole(self, state):  # across processes a collective: every process gathers it all
+        return state if self.mesh is None else fetch_to_host(state)
+
+    def save(self, step: int, whole) -> None:
+        if self.lead:
+            save_checkpoint(checkpoint_dir(self.opt.run_dir), whole, self.opt.config, step)
+
+    def evaluate_and_save(self, step: int, state) -> float:
+        """Evaluate every seed (seed `i` in process `i % process_count`), log, checkpoint."""
+        opt, whole = self.opt, self.whole(state)
+        results = {}
+        for i, s in enumerate(opt.seeds):
+            if i % jax.process_count() != jax.process_index():
+                continue  # another process evaluates this seed
+            one = _seed_slice(whole, i) if opt.stacked else whole
+            if self.mesh is not None:  # host values: onto this process's device, once
+                one = jax.device_put(one, jax.local_devices()[0])
+            key = jax.random.fold_in(jax.random.key(s + 1), step)
+            result = evaluate(
+                self.data.env,
+                lambda obs, j, one=one, key=key: self.policy(one, obs, jax.random.fold_in(key, j)),
+                opt.eval_episodes,
+                seed=10_000 * s + step // opt.block_size,
+                render_episodes=opt.video_episodes,
+            )
+            if result.frames:
+                save_video(result.frames, opt.seed_dirs[i] / "videos" / f"eval_{step:08d}.mp4")
+            results[i] = result.as_dict()
+        n = len(opt.seeds)
+        rows = [results[i] for i in range(n)] if self.mesh is None else _gather_rows(results, n)
+        self.log("eval", step, rows)
+        self.save(step, whole)
+        return float(np.mean([r["success"] for r in rows]))
+
+    def train_block(self, block, train, state, step: int):
+        """One jitted block; its per-seed mean metrics and steps/s."""
+        t0 = time.perf_counter()
+        state, metrics = block(train, state)
+        metrics = fetch_to_host(metrics)
+        check_finite(metrics, step + 1)
+        elapsed = time.perf_counter() - t0
+        rows = _rows(metrics, len(self.opt.seeds), self.opt.stacked, seed_axis=1)
+        for row in rows:
+            row["steps_per_s"] = self.opt.block_size / elapsed
+        return state, rows, elapsed
+
+    def validate(self, validate, val, state, step: int) -> None:
+        """The learner's losses on the validation split, keys from the seed and the step."""
+        opt = self.opt
+        keys = [jax.random.fold_in(jax.random.key(s + 2), step) for s in opt.seeds]
+        key = self.place(jnp.stack(keys)) if opt.stacked else keys[0]
+        out = fetch_to_host(validate(val, state, key))
+        self.log("val", step, _rows(out, len(opt.seeds), opt.stacked, seed_axis=0))
+
+    def stop_now(self) -> bool:  # with several processes: all stop at the same step
+        if self.mesh is None:
+            return self.interrupted
+        return bool(multihost_utils.process_allgather(np.array(self.interrupted)).any())
+
+    def show(self, rows: Rows, success: float | None) -> None:
+        assert self.bar is not None
+        shown = {name: rows[0].get(name) for name in self.opt.metrics}
+        self.bar.update(
+            self.opt.block_size, steps_per_s=rows[0]["steps_per_s"], **shown, success=success
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        for writer in self.writers:
+            writer.close()
+
+    def finish(self, step: int, halted: bool, state, first_block_s: float | None) -> None:
+        opt = self.opt
+        if halted:
+            self.save(step, self.whole(state))
+        if not self.lead:
+            return
+        if halted:
+            print(
+                f"Interrupted: saved step {step} to {checkpoint_dir(opt.run_dir)}; "
+                f"continue with --resume {opt.run_dir}"
+            )
+        label = "rebuilt" if self.data.record().get("rebuilt") else "official"
+        for s, d, logger in zip(opt.seeds, opt.seed_dirs, self.loggers, strict=True):
+            title = f"{opt.title} seed {s} ({label} data)"
+            plot_learning_curve(logger, d / "learning_curve.png", title=title, losses=opt.metrics)
+        if first_block_s is not None:
+            print(
+                f"first block (compile + {opt.block_size} steps) {first_block_s:.1f}s; "
+                f"run directory {opt.run_dir}"
+            )
+
+
+def _training_sets(data: RunData, shards, options: LoopOptions, start: int) -> Iterator[Any]:
+    """The training dataset of each block: `data.train` always, or shard `k` for the steps
+    `[k N, (k + 1) N)`, `N = swap_every`, from `shards(k)` (an iterator starting at shard `k`)."""
+    if shards is None:
+        while True:
+            yield data.train
+    if options.swap_every < 1 or options.swap_every % options.block_size:
+        raise ValueError(
+            f"swap_every ({options.swap_every}) must be a multiple of the block size "
+            f"({options.block_size})"
+        )
+    stream = shards(start // options.swap_every)
+    try:
+        for dataset in stream:
+            for _ in range(options.swap_every // options.block_size):
+                yield dataset
+    finally:
+        if hasattr(stream, "close"):
+            stream.close()
+
+
+def train_loop(
+    state: S,
+    block: Callable[[Any, S], tuple[S, dict[str, jax.Array]]],
+    data: RunData,
+    policy: Callable[[S, Any, jax.Array], Any],
+    options: LoopOptions,
+    *,
+    validate: Callable[[Any, S, jax.Array], dict[str, jax.Array]] | None = None,
+    shards: Callable[[int], Iterator[Any]] | None = None,
+) -> tuple[S, int]:
+    """Train a learner state: the loop every learner shares.
+
+    Each iteration runs one jitted `block(train_data, state)` (`block_size` fused updates,
+    [`flowrl.experiment.make_block`][]), checks the losses are finite
+    ([`flowrl.experiment.check_finite`][]: on failure the run stops, naming the step and loss,
+    and the last good checkpoint stays), logs the block's mean metrics and steps/s to
+    `train.csv`, the `validate` losses on the validation split to `val.csv`, and every
+    `eval_every` steps (and at step 0) evaluates the policy
+    ([`flowrl.experiment.evaluate`][]) into `eval.csv` and saves a checkpoint. Ctrl-C finishes
+    the current block, saves, and returns. At the end a learning curve is plotted.
+
+    **Several seeds in one process.** With `options.stacked`, `state` carries a leading axis
+    with one entry per seed, `block` updates all of them at once (a `vmap` inside the scan)
+    and returns metrics shaped `(steps, S)`; `validate` is vmapped here. Each seed is
+    evaluated with exactly the random streams of a single-seed run, and one checkpoint holds
+    all seeds.
+
+    **Several processes (hosts).** When the stacked state is split over the devices of several
+    processes ([`flowrl.experiment.init_distributed`][], then
+    [`flowrl.experiment.init_seeds`][]), every process runs this loop with the same arguments.
+    The training data are placed on every device, the metrics gathered from all processes,
+    and seed `i` evaluated by process `i % process_count`; process 0 alone writes the logs,
+    the config and the checkpoints. Ctrl-C in any process stops all of them after the
+    current block.
+
+    Random streams: evaluation and validation draw from keys derived from the seed and the
+    step, never from the learner's state, so a resumed run is bitwise identical to an
+    uninterrupted one.
+
+    **Arguments:**
+
+    - `state`: the initial learner state (or a template of it when resuming).
+    - `block`: `block(dataset, state) -> (state, metrics)`, jitted, state donated.
+    - `data`: the [`flowrl.experiment.RunData`][] (train, val, env, record).
+    - `policy`: `policy(state, observation, key) -> actions` of shape `(h, action_dim)` for
+      ONE seed's state.
+    - `options`: the [`flowrl.experiment.LoopOptions`][].
+    - `validate`: `validate(dataset, state, key) -> metrics` for one seed, or `None`.
+    - `shards`: for datasets too large for memory, `shards(k)` returns an iterator of
+      training datasets that skips the first `k` (a [`flowrl.data.ShardStream`][] with
+      `start=k`); the loop trains on a new shard every `swap_every` steps instead of
+      `data.train`, and logs the shard index in `train.csv`.
+
+    **Returns:** `(state, step)` at the end.
+    """
+    run = _Run(data, policy, options, state)
+    if validate is not None and options.stacked:
+        validate = eqx.filter_vmap(validate, in_axes=(None, 0, 0))
+    val = run.place(data.val) if validate is not None else None
+    previous = signal.signal(signal.SIGINT, lambda *_: setattr(run, "interrupted", True))
+    first_block_s, halted, sets = None, False, None
+    try:
+        state, step = run.restore(state)
+        sets = _training_sets(data, shards, options, step)
+        raw = next(sets)
+        train = run.place(raw)
+        success = run.evaluate_and_save(0, state) if step == 0 else None
+        while step < options.steps and not (halted := run.stop_now()):
+            state, rows, elapsed = run.train_block(block, train, state, step)
+            step += options.block_size
+            first_block_s = elapsed if first_block_s is None else first_block_s
+            if shards is not None:
+                for row in rows:
+                    row["shard"] = (step - 1) // options.swap_every
+            run.log("train", step, rows)
+            if step < options.steps and (dataset := next(sets)) is not raw:
+                raw, train = dataset, run.place(dataset)
+            if validate is not None:
+                run.validate(validate, val, state, step)
+            if step % options.eval_every == 0 or step >= options.steps:
+                success = run.evaluate_and_save(step, state)
+            run.show(rows, success)
+    finally:
+        if sets is not None:
+            sets.close()
+        run.close()
+        signal.signal(signal.SIGINT, previous)
+    run.finish(step, halted, state, first_block_s)
+    return state, step
