@@ -10,6 +10,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 import jax  # noqa: E402
 
 jax.config.update("jax_threefry_partitionable", True)
+# As in equinox's own tests: no implicit rank promotion, no implicit dtype promotion.
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
