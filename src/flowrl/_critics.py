@@ -27,7 +27,12 @@ def _layer_norm(h: Float[Array, "K W"], norm: eqx.nn.LayerNorm) -> Float[Array, 
     mean = jnp.mean(h, axis=-1, keepdims=True)
     centred = h - mean
     var = jnp.mean(centred * centred, axis=-1, keepdims=True)
-    return centred * jax.lax.rsqrt(var + norm.eps) * norm.weight + norm.bias
+    out = centred * jax.lax.rsqrt(var + norm.eps)
+    if norm.weight is not None:
+        out = out * norm.weight
+    if norm.bias is not None:
+        out = out + norm.bias
+    return out
 
 
 def _members_apply(members: MLP, z: Float[Array, " I"]) -> Float[Array, " K"]:
@@ -42,7 +47,9 @@ def _members_apply(members: MLP, z: Float[Array, " I"]) -> Float[Array, " K"]:
     last = len(members.layers) - 1
     for i, layer in enumerate(members.layers):
         spec = "i,koi->ko" if i == 0 else "ki,koi->ko"
-        h = jnp.einsum(spec, h, layer.weight) + layer.bias
+        h = jnp.einsum(spec, h, layer.weight)
+        if layer.bias is not None:
+            h = h + layer.bias
         if i < last:
             h = jax.nn.gelu(h)
             if members.layer_norm:

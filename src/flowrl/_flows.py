@@ -205,17 +205,17 @@ def reverse_flow(
 
     if method == "euler":
 
-        def step(carry, _):
+        def euler_step(carry, _):
             x, t = carry
             return (x - delta * velocity(s, x, t), t - delta), None
 
-        (x, t), _ = jax.lax.scan(step, (a, jnp.ones((), jnp.float32)), None, length=steps)
+        (x, t), _ = jax.lax.scan(euler_step, (a, jnp.ones((), jnp.float32)), None, length=steps)
         residual = jnp.zeros((), jnp.float32)
     elif method == "exact":
         if iterations < 1:
             raise ValueError(f"`iterations` must be >= 1, got {iterations}")
 
-        def step(carry, _):
+        def exact_step(carry, _):
             y, t, worst = carry
             t_prev = t - delta
 
@@ -227,7 +227,7 @@ def reverse_flow(
             return (x, t_prev, jnp.maximum(worst, res)), None
 
         init = (a, jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32))
-        (x, t, residual), _ = jax.lax.scan(step, init, None, length=steps)
+        (x, t, residual), _ = jax.lax.scan(exact_step, init, None, length=steps)
     else:
         raise ValueError(f"`method` must be 'euler' or 'exact', got {method!r}")
     return Reversal(
