@@ -9,19 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowrl.data._ogbench import (
-    DATASET_DIR_ENV,
+from flowrl.data import (
     DatasetFileError,
     dataset_paths,
     known_families,
     load_ogbench,
     parse_ogbench_name,
-    postprocess,
     required_keys,
     resolve_dataset_dir,
     task_success_fractions,
     validate_ogbench_file,
 )
+from flowrl.data._files import DATASET_DIR_ENV
+from flowrl.data._ogbench import postprocess
 
 # ------------------------------------------------------------------------------------------
 # Names and directories (no OGBench needed).
@@ -297,6 +297,12 @@ def test_load_tiny_rebuilt_dataset(tiny_cube_dir, monkeypatch):
     assert data.rebuilt and data.metadata["seed"] == 0 and data.metadata["episodes"] == 4
     assert data.dataset_dir == tiny_cube_dir and data.name == "cube-single-play-singletask-task2-v0"
     assert data.env.unwrapped._reward_task_id == 2
+    assert data.record() == {
+        "name": "cube-single-play-singletask-task2-v0",
+        "dataset_dir": str(tiny_cube_dir),
+        "rebuilt": True,
+        "rebuild_record": data.metadata,
+    }
     data.env.close()
 
 
@@ -306,6 +312,12 @@ def test_env_var_and_official_files_are_not_rebuilt(tiny_cube_dir, tmp_path, mon
     monkeypatch.setenv(DATASET_DIR_ENV, str(tmp_path))
     data = load_ogbench("cube-single-play-singletask-v0", sparse_reward=True, clip_actions=False)
     assert data.dataset_dir == tmp_path and not data.rebuilt and data.metadata is None
+    assert data.record() == {
+        "name": "cube-single-play-singletask-v0",
+        "dataset_dir": str(tmp_path),
+        "rebuilt": False,
+        "rebuild_record": None,
+    }
     assert set(np.unique(np.asarray(data.train.rewards))) <= {-1.0, 0.0}
     data.env.close()
 

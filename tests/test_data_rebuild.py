@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowrl.data._ogbench import DATASET_DIR_ENV
+from flowrl.data import load_ogbench, parse_ogbench_name
+from flowrl.data._files import DATASET_DIR_ENV, not_rebuildable_message
 from flowrl.data.rebuild import (
     ZIP_DATE_TIME,
     RebuildNotSupportedError,
@@ -70,6 +71,37 @@ def test_other_refusals():
         plan_rebuild("cube-single-v0")
     with pytest.raises(ValueError, match="episodes must be at least 1"):
         plan_rebuild("cube-single-play-v0", episodes=0)
+
+
+def test_the_rebuild_and_the_loader_refuse_with_the_same_words(tmp_path):
+    parsed = parse_ogbench_name("antmaze-large-navigate-singletask-v0")
+    reason = not_rebuildable_message(parsed).splitlines()[0]  # the why; then where to download
+    with pytest.raises(RebuildNotSupportedError) as rebuild:
+        plan_rebuild(parsed.name)
+    with pytest.raises(FileNotFoundError) as load:
+        load_ogbench(parsed.name, dataset_dir=tmp_path)
+    assert str(rebuild.value).splitlines()[0] == reason
+    assert reason in str(load.value).splitlines()
+
+
+def test_public_names_and_the_module_entry_point():
+    import flowrl.data
+    import flowrl.data.rebuild as rb
+
+    for name in flowrl.data.__all__:
+        assert getattr(flowrl.data, name) is not None
+    assert flowrl.data.rebuild_dataset is rb.rebuild_dataset
+    for name in rb.__all__:
+        assert getattr(rb, name) is not None
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "flowrl.data.rebuild", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert out.stdout.startswith("usage: python -m flowrl.data.rebuild")
 
 
 def test_cli_refuses_with_a_message(tmp_path, capsys):
@@ -175,12 +207,12 @@ def test_refuses_to_overwrite_unless_asked(tiny_cube_dir, tmp_path):
 
 def test_a_failed_run_leaves_nothing_behind(tmp_path, monkeypatch):
     pytest.importorskip("ogbench")
-    import flowrl.data.rebuild as rb
+    from flowrl.data.rebuild import _write
 
     def boom():
         raise RuntimeError("disk full (simulated)")
 
-    monkeypatch.setattr(rb, "_versions", boom)  # fails after both temporary files are written
+    monkeypatch.setattr(_write, "versions", boom)  # fails after both temporary files are written
     with pytest.raises(RuntimeError, match="simulated"):
         _build(tmp_path, workers=1, episodes=1, steps_per_episode=11)
     assert list(tmp_path.iterdir()) == []
@@ -213,23 +245,72 @@ def test_cli_builds_into_env_var_dir(tmp_path, monkeypatch, capsys):
     with np.load(tmp_path / "pointmaze-medium-navigate-v0.npz") as f:
         assert f["observations"].shape == (102, 2) and f["actions"].shape == (102, 2)
         np.testing.assert_allclose(f["qpos"], f["observations"])
-    from flowrl.data._ogbench import load_ogbench
-
     data = load_ogbench("pointmaze-medium-navigate-singletask-task1-v0")
     assert data.rebuilt and data.train.size == 100
     data.env.close()
 
 
 # ------------------------------------------------------------------------------------------
-# The oracle in the evaluation environment.
+# The oracle in the evaluation environment: a check that the data's scripted policy can solve
+# the task the learners are evaluated on (and that a random policy cannot).
+
+
+def _cube_target_info(env):
+    """The data-collection target fields the plan oracle reads, filled in from the evaluation
+    task's goal marker (task mode does not expose them)."""
+    from ogbench.manipspace import lie
+
+    uw = env.unwrapped
+    mocap = uw._cube_target_mocap_ids[0]
+    return {
+        "privileged/target_task": "cube",
+        "privileged/target_block": 0,
+        "privileged/target_block_pos": uw._data.mocap_pos[mocap].copy(),
+        "privileged/target_block_yaw": np.array(
+            [lie.SO3(wxyz=uw._data.mocap_quat[mocap]).compute_yaw_radians()]
+        ),
+    }
+
+
+def evaluate_scripted_policy(name, *, policy="oracle", episodes=3, seed=0, replan=True):
+    """Per-episode success of OGBench's cube plan oracle (noise 0.1, as in the play data) or of
+    a uniformly random policy in the evaluation environment of a cube-single task. `replan`:
+    when the open-loop plan has run out unsolved (a missed grasp), plan again from the current
+    state, as data collection does with a new target."""
+    import ogbench
+    from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
+
+    from flowrl.data._ogbench import quiet_gym_warnings
+    from flowrl.data.rebuild._plan import PLAN_NOISE, PLAN_NOISE_SMOOTHING
+
+    with quiet_gym_warnings():
+        env = ogbench.make_env_and_datasets(name, env_only=True)
+    rng = np.random.default_rng(seed)
+    np.random.seed(seed)
+    results = []
+    try:
+        for ep in range(episodes):
+            ob, info = env.reset(seed=seed * 1000 + ep)
+            oracle = CubePlanOracle(env=env, noise=PLAN_NOISE, noise_smoothing=PLAN_NOISE_SMOOTHING)
+            oracle.reset(ob, {**info, **_cube_target_info(env)})
+            done = False
+            while not done:
+                if policy == "oracle":
+                    if replan and oracle.done:
+                        oracle.reset(ob, {**info, **_cube_target_info(env)})
+                    action = oracle.select_action(ob, info)
+                else:
+                    action = rng.uniform(-1.0, 1.0, size=5)
+                ob, _, terminated, truncated, info = env.step(np.clip(action, -1.0, 1.0))
+                done = bool(terminated or truncated)
+            results.append(bool(info["success"]))
+    finally:
+        env.close()
+    return results
 
 
 def test_scripted_oracle_solves_the_default_task_and_random_does_not():
     pytest.importorskip("ogbench")
-    from flowrl.data.rebuild import evaluate_scripted_policy
-
     name = "cube-single-play-singletask-v0"  # the default task, task2
     assert evaluate_scripted_policy(name, policy="oracle", episodes=3, seed=0) == [True] * 3
     assert evaluate_scripted_policy(name, policy="random", episodes=2, seed=0) == [False] * 2
-    with pytest.raises(ValueError, match="cube-single"):
-        evaluate_scripted_policy("cube-double-play-singletask-v0")

@@ -1,13 +1,16 @@
 """ShardStream: discovery, seeded cycling order, background prefetch, and clear errors."""
 
 import shutil
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from flowrl.data._ogbench import DatasetFileError
+from flowrl.data import DatasetFileError
 from flowrl.data._shards import (
     ShardStream,
     find_shards,
@@ -177,6 +180,22 @@ def test_save_shard_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["d.npz"]
 
 
+def test_the_shard_writer_needs_no_rebuild_code(tmp_path):
+    # save_shard writes through flowrl.data._npz; the rebuild package stays unimported.
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from flowrl.data import load_shard, save_shard
+        x, n = np.zeros((2, 1), np.float32), np.zeros(2, np.float32)
+        a = dict(observations=x, actions=x, next_observations=x, rewards=n, masks=n,
+                 terminals=np.ones(2, np.float32))
+        load_shard(save_shard({str(tmp_path / "s.npz")!r}, a))
+        print(sorted(m for m in sys.modules if m.startswith("flowrl.data.rebuild")))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_ogbench_shard_dir_follows_the_official_layout(tmp_path):
     assert ogbench_shard_dir("puzzle-4x4-play-singletask-task4-v0", dataset_dir=tmp_path) == (
         tmp_path / "puzzle-4x4-play-100m-v0"
@@ -187,7 +206,7 @@ def test_ogbench_shard_dir_follows_the_official_layout(tmp_path):
 
 
 def test_ogbench_format_shards_are_relabelled_for_the_task(tiny_cube_dir, tmp_path):
-    from flowrl.data._ogbench import load_ogbench
+    from flowrl.data import load_ogbench
 
     shards = tmp_path / "cube-single-play-100m-v0"
     shards.mkdir()

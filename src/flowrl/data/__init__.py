@@ -5,18 +5,18 @@ only when a loader is called."""
 from typing import Any
 
 from ._dataset import Dataset as Dataset
-from ._ogbench import DatasetFileError as DatasetFileError
+from ._files import DatasetFileError as DatasetFileError
+from ._files import OGBenchFileInfo as OGBenchFileInfo
+from ._files import dataset_paths as dataset_paths
+from ._files import required_keys as required_keys
+from ._files import resolve_dataset_dir as resolve_dataset_dir
+from ._files import validate_ogbench_file as validate_ogbench_file
+from ._names import OGBenchName as OGBenchName
+from ._names import known_families as known_families
+from ._names import parse_ogbench_name as parse_ogbench_name
 from ._ogbench import OGBenchData as OGBenchData
-from ._ogbench import OGBenchFileInfo as OGBenchFileInfo
-from ._ogbench import OGBenchName as OGBenchName
-from ._ogbench import dataset_paths as dataset_paths
-from ._ogbench import known_families as known_families
 from ._ogbench import load_ogbench as load_ogbench
-from ._ogbench import parse_ogbench_name as parse_ogbench_name
-from ._ogbench import required_keys as required_keys
-from ._ogbench import resolve_dataset_dir as resolve_dataset_dir
 from ._ogbench import task_success_fractions as task_success_fractions
-from ._ogbench import validate_ogbench_file as validate_ogbench_file
 from ._prepare import load_or_rebuild as load_or_rebuild
 from ._prepare import load_sharded_ogbench as load_sharded_ogbench
 from ._sampler import Windows as Windows
@@ -32,8 +32,8 @@ from ._shards import save_shard as save_shard
 
 
 def __getattr__(name: str) -> Any:
-    # `flowrl.data.rebuild` is also run as `python -m flowrl.data.rebuild`; importing it eagerly
-    # here would make Python warn on every such run, so it is loaded on first use.
+    # The rebuild (multiprocessing, argparse, the oracles' code) is loaded on first use, so
+    # `import flowrl.data` stays light.
     if name == "rebuild_dataset":
         from .rebuild import rebuild_dataset
 

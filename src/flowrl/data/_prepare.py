@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ._ogbench import OGBenchData, _import_ogbench, load_ogbench, parse_ogbench_name
+from ._names import parse_ogbench_name
+from ._ogbench import OGBenchData, _import_ogbench, load_ogbench
 from ._shards import OGBenchShardLoader, find_shards
 
 

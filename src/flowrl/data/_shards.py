@@ -19,7 +19,6 @@ gradient steps (RQL: 1000).
 from __future__ import annotations
 
 import os
-import threading
 import time
 import zipfile
 import zlib
@@ -31,16 +30,10 @@ from typing import Any
 import numpy as np
 
 from ._dataset import Dataset
-from ._ogbench import (
-    DatasetFileError,
-    _import_ogbench,
-    parse_ogbench_name,
-    postprocess,
-    quiet_gym_warnings,
-    required_keys,
-    resolve_dataset_dir,
-    validate_ogbench_file,
-)
+from ._files import DatasetFileError, required_keys, resolve_dataset_dir, validate_ogbench_file
+from ._names import parse_ogbench_name
+from ._npz import save_npz_atomic
+from ._ogbench import _import_ogbench, postprocess, quiet_gym_warnings
 
 _FLAT_KEYS = ("observations", "actions", "next_observations", "rewards", "masks", "terminals")
 
@@ -90,8 +83,6 @@ def save_shard(path: str | os.PathLike[str], data: Dataset | Mapping[str, Any]) 
 
     **Returns:** the path written.
     """
-    from .rebuild import write_npz
-
     path = Path(path)
     if isinstance(data, Dataset):
         arrays = {k: np.asarray(getattr(data, k)) for k in _FLAT_KEYS}
@@ -100,13 +91,7 @@ def save_shard(path: str | os.PathLike[str], data: Dataset | Mapping[str, Any]) 
         if missing:
             raise ValueError(f"{path}: cannot save a shard without {missing}")
         arrays = {k: np.asarray(data[k]) for k in _FLAT_KEYS}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        write_npz(tmp, arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_npz_atomic(path, arrays)
     return path
 
 
