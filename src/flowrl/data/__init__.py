@@ -1,6 +1,6 @@
 """Offline data: the on-device dataset, the RQL window sampler, OGBench loading, offline
-rebuilding (`python -m flowrl.data.rebuild`) and sharded datasets. OGBench itself is imported
-only when a loader is called."""
+rebuilding (`python -m flowrl.data.rebuild`), sharded datasets, and toy data with toy
+environments (`flowrl.data.toy`). OGBench itself is imported only when a loader is called."""
 
 from typing import Any
 
@@ -32,12 +32,16 @@ from ._shards import save_shard as save_shard
 
 
 def __getattr__(name: str) -> Any:
-    # The rebuild (multiprocessing, argparse, the oracles' code) is loaded on first use, so
-    # `import flowrl.data` stays light.
+    # The rebuild (multiprocessing, argparse, the oracles' code) and the toy data are loaded on
+    # first use, so `import flowrl.data` stays light.
     if name == "rebuild_dataset":
         from .rebuild import rebuild_dataset
 
         return rebuild_dataset
+    if name == "toy":  # `from . import toy` here would call this again, forever
+        import importlib
+
+        return importlib.import_module(f"{__name__}.toy")
     raise AttributeError(f"module 'flowrl.data' has no attribute {name!r}")
 
 
