@@ -1,4 +1,5 @@
-"""End to end: examples/rql_ogbench.py on a tiny rebuilt dataset, with a bitwise resume."""
+"""End to end: examples/rql_ogbench.py on a tiny rebuilt dataset: its presets and checks, the
+--shard-dir data path, and the documented multi-process launch."""
 
 import dataclasses
 import json
@@ -9,12 +10,11 @@ import sys
 from pathlib import Path
 
 import equinox as eqx
+import fx.experiment as fx
 import jax
 import numpy as np
 import pytest
 import rql_ogbench as rql
-
-import flowrl
 
 pytest.importorskip("ogbench")
 
@@ -36,12 +36,16 @@ def tiny(cfg_dir, run_dir, **over):
     return dataclasses.replace(rql.Config(), **base)
 
 
+def train(cfg):
+    return fx.run(cfg, rql.LEARNER)
+
+
 def leaves(run_dir):
     cfg = json.loads((run_dir / "config.json").read_text())
     cfg = rql.resolve(dataclasses.replace(rql.Config(), **{**cfg, "hidden": tuple(cfg["hidden"])}))
-    like = rql.init_state(cfg, 28, cfg.horizon * 5, jax.random.key(0))
-    state, step = flowrl.load_checkpoint(
-        run_dir / "checkpoint", like, dataclasses.asdict(cfg), may_differ=flowrl.RUN_CONTROL
+    like = rql.init(cfg, 28, cfg.horizon * 5, jax.random.key(0))
+    state, step = fx.load_checkpoint(
+        run_dir / "checkpoint", like, dataclasses.asdict(cfg), may_differ=fx.RUN_CONTROL
     )
     return step, [
         np.asarray(x)
@@ -50,69 +54,14 @@ def leaves(run_dir):
     ]
 
 
-def test_train_evaluate_resume_bitwise(tiny_cube_dir, tmp_path):
-    full = rql.train(tiny(tiny_cube_dir, tmp_path / "full"))
-    evals = flowrl.CSVLogger(full).read("eval")
-    assert [r["step"] for r in evals] == [0, 100, 200, 300]
-    assert all(0.0 <= r["success"] <= 1.0 and r["length"] > 0 for r in evals)
-    train_rows = flowrl.CSVLogger(full).read("train")
-    assert [r["step"] for r in train_rows] == [100, 200, 300]
-    assert len(flowrl.CSVLogger(full).read("val")) == 3
-    assert (full / "learning_curve.png").stat().st_size > 1000
-    assert json.loads((full / "data.json").read_text())["rebuilt"] is True
-    # Bitwise: 200 steps, "killed", then resumed to 300 equals 300 steps straight.
-    part = rql.train(tiny(tiny_cube_dir, tmp_path / "part", steps=200))
-    rql.train(tiny(tiny_cube_dir, tmp_path / "unused", steps=300, resume=str(part)))
-    (s_full, a), (s_part, b) = leaves(full), leaves(part)
-    assert s_full == s_part == 300
-    assert len(a) == len(b) > 10
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_array_equal(x, y)
-    assert [r["step"] for r in flowrl.CSVLogger(part).read("train")] == [100, 200, 300]
-
-
 def test_incompatible_checkpoint_is_refused(tiny_cube_dir, tmp_path):
-    run = rql.train(tiny(tiny_cube_dir, tmp_path / "a", steps=100, eval_every=100))
+    run = train(tiny(tiny_cube_dir, tmp_path / "a", steps=100, eval_every=100))
     cfg = rql.resolve(tiny(tiny_cube_dir, run, num_critics=3))
-    like = rql.init_state(cfg, 28, 25, jax.random.key(0))
-    with pytest.raises(flowrl.CheckpointError, match="num_critics: saved 2 vs now 3"):
-        flowrl.load_checkpoint(
-            run / "checkpoint", like, dataclasses.asdict(cfg), may_differ=flowrl.RUN_CONTROL
+    like = rql.init(cfg, 28, 25, jax.random.key(0))
+    with pytest.raises(fx.CheckpointError, match="num_critics: saved 2 vs now 3"):
+        fx.load_checkpoint(
+            run / "checkpoint", like, dataclasses.asdict(cfg), may_differ=fx.RUN_CONTROL
         )
-
-
-def test_two_seeds_in_one_process_log_separately(tiny_cube_dir, tmp_path):
-    run = rql.train(tiny(tiny_cube_dir, tmp_path / "seeds", steps=100, seeds=(0, 1)))
-    for s in (0, 1):
-        log = flowrl.CSVLogger(run / f"seed{s}")
-        assert [r["step"] for r in log.read("eval")] == [0, 100]
-        assert [r["step"] for r in log.read("train")] == [100]
-        assert (run / f"seed{s}" / "learning_curve.png").exists()
-    losses = [flowrl.CSVLogger(run / f"seed{s}").read("train")[0]["critic_loss"] for s in (0, 1)]
-    assert losses[0] != losses[1]  # separate RNG streams
-
-
-def test_ctrl_c_finishes_the_block_saves_and_stops(tiny_cube_dir, tmp_path, monkeypatch, capsys):
-    import signal
-
-    make_block = rql.make_block
-
-    def interrupted_block(*args, **kwargs):
-        block = make_block(*args, **kwargs)
-
-        def run(dataset, state):
-            out = block(dataset, state)
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first block runs
-            return out
-
-        return run
-
-    monkeypatch.setattr(rql, "make_block", interrupted_block)
-    run = rql.train(tiny(tiny_cube_dir, tmp_path / "run", steps=300, eval_every=300))
-    assert [r["step"] for r in flowrl.CSVLogger(run).read("train")] == [100]
-    assert leaves(run)[0] == 100  # the checkpoint holds the finished block
-    assert f"continue with --resume {run}" in capsys.readouterr().out
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
 def _launch_two_processes(args, log_dir):
@@ -162,12 +111,12 @@ def test_two_processes_train_as_one_process_on_two_devices(tiny_cube_dir, tmp_pa
         codes, outputs = _launch_two_processes([*args, *seeds, *more], tmp_path)
         assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert jax.device_count() == 2  # conftest: two virtual CPU devices in this process
-    single = rql.train(tiny(tiny_cube_dir, tmp_path / "single", steps=200, seeds=(0, 1)))
+    single = train(tiny(tiny_cube_dir, tmp_path / "single", steps=200, seeds=(0, 1)))
     same = (multi / "checkpoint" / "checkpoint.eqx").read_bytes()
     assert same == (single / "checkpoint" / "checkpoint.eqx").read_bytes()
     for s in (0, 1):  # written once, by process 0, with every seed's figures
         for split, steps in (("train", [100, 200]), ("eval", [0, 100, 200]), ("val", [100, 200])):
-            rows = [flowrl.CSVLogger(run / f"seed{s}").read(split) for run in (multi, single)]
+            rows = [fx.CSVLogger(run / f"seed{s}").read(split) for run in (multi, single)]
             assert [r["step"] for r in rows[0]] == steps
             drop = ("time", "steps_per_s")
             assert [{k: v for k, v in r.items() if k not in drop} for r in rows[0]] == [
@@ -202,7 +151,7 @@ def tiny_shard_dir(tiny_cube_dir, tmp_path_factory):
     seed-0 build and a second tiny build with seed 1."""
     import shutil
 
-    from flowrl.data.rebuild import rebuild_dataset
+    from fx.data.rebuild import rebuild_dataset
 
     other = tmp_path_factory.mktemp("seed1")
     rebuild_dataset(
@@ -224,11 +173,11 @@ def tiny_shard_dir(tiny_cube_dir, tmp_path_factory):
 
 def test_shards_swap_every_n_steps_and_resume_bitwise(tiny_shard_dir, tmp_path):
     over = dict(shard_dir=str(tiny_shard_dir), swap_every=100, eval_episodes=1)
-    full = rql.train(tiny(tiny_shard_dir, tmp_path / "full", steps=400, eval_every=200, **over))
-    rows = flowrl.CSVLogger(full).read("train")
+    full = train(tiny(tiny_shard_dir, tmp_path / "full", steps=400, eval_every=200, **over))
+    rows = fx.CSVLogger(full).read("train")
     assert [r["shard"] for r in rows] == [0, 1, 2, 3]  # a new shard every 100 steps
-    part = rql.train(tiny(tiny_shard_dir, tmp_path / "part", steps=200, eval_every=200, **over))
-    rql.train(tiny(tiny_shard_dir, tmp_path / "x", steps=400, resume=str(part), **over))
+    part = train(tiny(tiny_shard_dir, tmp_path / "part", steps=200, eval_every=200, **over))
+    train(tiny(tiny_shard_dir, tmp_path / "x", steps=400, resume=str(part), **over))
     (s_full, a), (s_part, b) = leaves(full), leaves(part)
     assert s_full == s_part == 400
     for x, y in zip(a, b, strict=True):

@@ -11,6 +11,7 @@ import rql_ogbench as rql
 from hlo_text import carried_copies
 
 import flowrl
+import flowrl.experiment as fx
 from flowrl.data import Dataset
 
 SEEDS = (0, 1)
@@ -50,11 +51,11 @@ def setup():
             eval_every=5,
         )
     )
-    return ds, cfg, rql.hyper(cfg), rql.make_optimizer(cfg)
+    return ds, cfg
 
 
 def init(cfg, ds, key):
-    return rql.init_state(cfg, ds.obs_dim, cfg.horizon * ds.action_dim, key)
+    return rql.init(cfg, ds.obs_dim, cfg.horizon * ds.action_dim, key)
 
 
 def stacked_init(cfg, ds):
@@ -73,10 +74,10 @@ def run(block, ds, state, blocks=2):
 
 
 def test_vmapped_seeds_equal_separate_runs(setup):
-    ds, cfg, hp, opt = setup
-    together, metrics = run(rql.make_block(hp, opt, 5, seeds=True), ds, stacked_init(cfg, ds))
+    ds, cfg = setup
+    together, metrics = run(fx.make_block(rql.LEARNER, cfg, seeds=True), ds, stacked_init(cfg, ds))
     assert metrics["critic_loss"].shape == (5, 2)
-    single = rql.make_block(hp, opt, 5)
+    single = fx.make_block(rql.LEARNER, cfg)
     for i, s in enumerate(SEEDS):
         alone, m = run(single, ds, init(cfg, ds, jax.random.key(s)))
         mine = jax.tree.map(lambda x, i=i: x[i] if eqx.is_array(x) else x, together)
@@ -88,12 +89,12 @@ def test_vmapped_seeds_equal_separate_runs(setup):
 
 
 def test_sharded_over_two_devices_equals_unsharded(setup):
-    ds, cfg, hp, opt = setup
+    ds, cfg = setup
     if jax.device_count() < 2:
         pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=2 (set in conftest)")
-    block = rql.make_block(hp, opt, 5, seeds=True)
+    block = fx.make_block(rql.LEARNER, cfg, seeds=True)
     plain, _ = run(block, ds, stacked_init(cfg, ds))
-    placed = flowrl.shard_seeds(stacked_init(cfg, ds), flowrl.seed_mesh())
+    placed = fx.shard_seeds(stacked_init(cfg, ds), fx.seed_mesh())
     weight = placed.critic.members.layers[0].weight
     assert len(weight.sharding.device_set) == 2
     assert weight.addressable_shards[0].data.shape[0] == 1  # one seed per device
@@ -102,33 +103,35 @@ def test_sharded_over_two_devices_equals_unsharded(setup):
     for a, b in zip(arrays(plain), arrays(sharded), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="cannot be split evenly"):
-        flowrl.shard_seeds({"w": jnp.zeros((3, 2))}, flowrl.seed_mesh())
+        fx.shard_seeds({"w": jnp.zeros((3, 2))}, fx.seed_mesh())
 
 
-def test_no_recompilation_across_blocks(setup, monkeypatch):
-    ds, cfg, hp, opt = setup
+def test_no_recompilation_across_blocks(setup):
+    ds, cfg = setup
     traces = []
-    original = rql.train_step
-    monkeypatch.setattr(rql, "train_step", lambda *a: (traces.append(1), original(*a))[1])
+
+    def counting(cfg, state, dataset):  # runs only while the step is being traced
+        traces.append(1)
+        return rql.step(cfg, state, dataset)
+
+    learner = dataclasses.replace(rql.LEARNER, step=counting)
     for seeds, state in ((False, init(cfg, ds, jax.random.key(0))), (True, stacked_init(cfg, ds))):
-        block = rql.make_block(hp, opt, 5, seeds=seeds)
+        block = fx.make_block(learner, cfg, seeds=seeds)
         state, _ = block(ds, state)
-        assert len(traces) >= 1
-        # From now on the update may not be traced again: any retrace raises.
-        monkeypatch.setattr(rql, "train_step", eqx.debug.assert_max_traces(original, max_traces=0))
-        for _ in range(3):
+        traced = len(traces)
+        assert traced >= 1
+        for _ in range(3):  # from now on the update may not be traced again
             state, _ = block(ds, state)
-        monkeypatch.setattr(rql, "train_step", lambda *a: (traces.append(1), original(*a))[1])
-        traces.clear()
+        assert len(traces) == traced
 
 
 def test_block_updates_the_carried_weights_in_place(setup):
     """flowrl.order_after in the RQL update: XLA copies none of the hidden weight matrices out
     of the scan's carried state (without it, it copies them every update: 70 MB at the paper
     size)."""
-    ds, cfg, hp, opt = setup
+    ds, cfg = setup
     state = init(cfg, ds, jax.random.key(0))
-    text = rql.make_block(hp, opt, 5).lower(ds, state).compile().compiled.as_text()
+    text = fx.make_block(rql.LEARNER, cfg).lower(ds, state).compile().compiled.as_text()
     hidden = {x.shape for x in arrays((state.actor, state.critic)) if x.shape[-2:] == (16, 16)}
     assert hidden == {(16, 16), (2, 16, 16)}
     copied = carried_copies(text)
@@ -136,15 +139,15 @@ def test_block_updates_the_carried_weights_in_place(setup):
 
 
 def test_replicate_and_fetch_to_host_keep_every_value(setup):
-    ds, cfg, hp, opt = setup
+    ds, cfg = setup
     if jax.device_count() < 2:
         pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=2 (set in conftest)")
-    mesh = flowrl.seed_mesh()
-    placed = flowrl.replicate(ds, mesh)
+    mesh = fx.seed_mesh()
+    placed = fx.replicate(ds, mesh)
     for shard in placed.observations.addressable_shards:  # the whole array on every device
         np.testing.assert_array_equal(shard.data, ds.observations)
-    state = flowrl.shard_seeds(stacked_init(cfg, ds), mesh)
-    host = flowrl.fetch_to_host(state)
+    state = fx.shard_seeds(stacked_init(cfg, ds), mesh)
+    host = fx.fetch_to_host(state)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(host), strict=True):
         if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
             assert jax.dtypes.issubdtype(b.dtype, jax.dtypes.prng_key)
@@ -153,7 +156,7 @@ def test_replicate_and_fetch_to_host_keep_every_value(setup):
             assert isinstance(b, np.ndarray)
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # A checkpoint restored from host values lands on the template's devices again.
-    back = flowrl.same_placement(host, state)
+    back = fx.same_placement(host, state)
     weight = back.critic.members.layers[0].weight
     assert weight.sharding == state.critic.members.layers[0].weight.sharding
 
@@ -161,7 +164,7 @@ def test_replicate_and_fetch_to_host_keep_every_value(setup):
 def test_init_seeds_stacks_the_single_seed_states():
     init = lambda k: flowrl.joint_critic(3, 2, hidden_sizes=(8,), num_members=2, key=k)  # noqa: E731
     seeds = [3, 7] * jax.device_count()
-    stacked = flowrl.init_seeds(init, seeds)
+    stacked = fx.init_seeds(init, seeds)
     for i, s in enumerate(seeds):
         single = jax.tree.leaves(init(jax.random.key(s)))
         assert all(
@@ -169,7 +172,7 @@ def test_init_seeds_stacks_the_single_seed_states():
         )
     assert not np.array_equal(*[jax.tree.leaves(stacked)[0][i] for i in (0, 1)])
     with pytest.raises(ValueError, match="at least one seed"):
-        flowrl.init_seeds(init, [])
+        fx.init_seeds(init, [])
     if jax.device_count() > 1:  # the seed axis must split evenly over the devices
         with pytest.raises(ValueError, match="split evenly"):
-            flowrl.init_seeds(init, [0] * (jax.device_count() + 1))
+            fx.init_seeds(init, [0] * (jax.device_count() + 1))
