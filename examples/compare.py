@@ -1,10 +1,12 @@
 """Compare learners x seeds on one dataset with one budget: a table and a plot.
 
-Runs each learner's own `train()` (the example files beside this one) in this process, one run
-at a time, with the same environment, data, gradient steps, network size, batch and evaluation
-for all; then reads every run's `eval.csv` and reports the FINAL success rate (the evaluation
-at the last step) per seed, its mean over seeds and a 95 % Student-t interval over seeds
-(`--interval bootstrap` for a percentile bootstrap; see `flowrl.confidence_interval`).
+Finds the learners through flowrl.experiment's registry (every `*_ogbench.py` file beside this
+one registers its learners when loaded), runs each one's config in this process, one run at a
+time, with the same environment, data, gradient steps, network size, batch and evaluation for
+all; then reads every run back with `flowrl.experiment.read_run` and reports the FINAL success
+rate (the evaluation at the last step) per seed, its mean over seeds and a 95 % Student-t
+interval over seeds (`--interval bootstrap` for a percentile bootstrap; see
+`flowrl.experiment.confidence_interval`).
 
 Outputs in `--out`: `compare.md` (Markdown table with the data, budget and command),
 `compare.csv` (one row per learner), `runs.csv` (one row per run), `compare.png` (learning
@@ -19,8 +21,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib
-import json
 import math
 import os
 import platform
@@ -32,23 +32,22 @@ from typing import Literal
 
 import numpy as np
 
-import flowrl
+import flowrl.experiment as fx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the learners' example files
-
-LEARNERS = {
-    "rql": ("rql_ogbench", "RQL"),
-    "fql": ("fql_ogbench", "FQL"),
-    "naive": ("naive_expanded_ogbench", "naive expanded MDP"),
-}
+HERE = Path(__file__).resolve().parent
 
 
-@dataclasses.dataclass
+def learners() -> dict[str, fx.Learner]:
+    """Every learner registered by the example files beside this one."""
+    return fx.load_learners(sorted(HERE.glob("*_ogbench.py")))
+
+
+@dataclasses.dataclass(frozen=True)
 class CompareConfig:
     """Learners x seeds with one shared budget; everything else from each learner's presets."""
 
-    learners: tuple[Literal["rql", "fql", "naive"], ...] = ("rql", "fql", "naive")
-    """Learners: rql_ogbench.py, fql_ogbench.py, naive_expanded_ogbench.py (beside this file)."""
+    learners: tuple[str, ...] = ("rql", "fql", "naive")
+    """Registered learner names (the *_ogbench.py files beside this one register them)."""
     seeds: tuple[int, ...] = (0, 1)
     """Seeds; each learner runs once per seed."""
     env_name: str = "cube-single-play-singletask-task2-v0"
@@ -87,23 +86,19 @@ def run_dir(cfg: CompareConfig, learner: str, seed: int) -> Path:
     return Path(cfg.out) / learner / f"seed{seed}"
 
 
-def finished(path: Path, steps: int) -> bool:
-    return any(r["step"] == steps for r in flowrl.CSVLogger(path).read("eval"))
-
-
-def train_one(cfg: CompareConfig, learner: str, seed: int) -> float:
+def train_one(cfg: CompareConfig, name: str, seed: int) -> float:
     """Train one learner with one seed (or resume / reuse its run); returns wall seconds."""
-    module = importlib.import_module(LEARNERS[learner][0])
-    path = run_dir(cfg, learner, seed)
-    if finished(path, cfg.steps) and not cfg.rerun:
-        print(f"{learner} seed {seed}: finished run in {path}, reused")
+    learner = fx.get_learner(name)
+    path = run_dir(cfg, name, seed)
+    record = fx.read_run(path)
+    if record.finished(cfg.steps) and not cfg.rerun:
+        print(f"{name} seed {seed}: finished run in {path}, reused")
         return math.nan
-    resume = (path / "checkpoint" / "checkpoint.json").exists() and not cfg.rerun
+    resume = record.checkpoint_step is not None and not cfg.rerun
     if cfg.rerun:
         for f in path.glob("*.csv"):
             f.unlink()
-    run_cfg = dataclasses.replace(
-        module.Config(),
+    run_cfg = learner.default_config(
         env_name=cfg.env_name,
         seed=seed,
         steps=cfg.steps,
@@ -120,19 +115,16 @@ def train_one(cfg: CompareConfig, learner: str, seed: int) -> float:
         progress=cfg.progress,
     )
     t0 = time.perf_counter()
-    module.train(run_cfg)
+    fx.run(run_cfg, learner)
     return time.perf_counter() - t0
 
 
 def read_run(path: Path, steps: int) -> dict:
     """Final success, the success curve and the mean training speed of one run directory."""
-    log = flowrl.CSVLogger(path)
-    evals, train = log.read("eval"), log.read("train")
-    final = [r["success"] for r in evals if r["step"] == steps]
-    if not final:
-        raise ValueError(f"{path}: no evaluation at step {steps} in eval.csv (unfinished run?)")
+    record = fx.read_run(path)
+    evals, train = record.eval, record.train
     return dict(
-        final=final[-1],
+        final=record.success_at(steps),
         curve=([r["step"] for r in evals], [r["success"] for r in evals]),
         steps_per_s=float(np.mean([r["steps_per_s"] for r in train])) if train else math.nan,
     )
@@ -144,12 +136,12 @@ def summarize(cfg: CompareConfig, wall: dict[tuple[str, int], float] | None = No
     for learner in cfg.learners:
         runs = [read_run(run_dir(cfg, learner, s), cfg.steps) for s in cfg.seeds]
         finals = [r["final"] for r in runs]
-        ci = flowrl.confidence_interval(finals, level=cfg.level, method=cfg.interval)
+        ci = fx.confidence_interval(finals, level=cfg.level, method=cfg.interval)
         walls = [(wall or {}).get((learner, s), math.nan) for s in cfg.seeds]
         rows.append(
             dict(
                 learner=learner,
-                name=LEARNERS[learner][1],
+                name=learner,
                 seeds=len(cfg.seeds),
                 finals=finals,
                 mean=ci.mean,
@@ -249,13 +241,17 @@ def machine() -> str:
 
 
 def main(cfg: CompareConfig) -> Path:
+    known = learners()
+    unknown = sorted(set(cfg.learners) - set(known))
+    if unknown:
+        raise ValueError(f"--learners: unknown {unknown}; registered: {sorted(known)}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     wall = {(lr, s): train_one(cfg, lr, s) for lr in cfg.learners for s in cfg.seeds}
     total_min = (time.perf_counter() - t_start) / 60
     rows = summarize(cfg, wall)
-    data = json.loads((run_dir(cfg, cfg.learners[0], cfg.seeds[0]) / "data.json").read_text())
+    data = fx.read_run(run_dir(cfg, cfg.learners[0], cfg.seeds[0])).data
     record = data.get("rebuild_record") or {}
     label = (
         f"REBUILT data ({record.get('episodes')} episodes x {record.get('steps_per_episode')} "

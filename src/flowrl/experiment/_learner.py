@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 import equinox as eqx
 import jax
 
+from .._blocks import jit_block
 from ._config import RunConfig
 
 C = TypeVar("C", bound=RunConfig)
@@ -84,9 +85,9 @@ def make_block(learner: Learner[C, S], cfg: C, *, seeds: bool = False):
     """The jitted training block of `learner`: `block(dataset, state) -> (state, metrics)`,
     `cfg.block` calls of `learner.step` in one [`flowrl.scan_block`][], state donated; with
     `seeds=True` vmapped over a leading seed axis of the state ([`flowrl.jit_block`][])."""
-    from .._blocks import jit_block
-
-    return jit_block(lambda state, dataset: learner.step(cfg, state, dataset), cfg.block, seeds=seeds)
+    return jit_block(
+        lambda state, dataset: learner.step(cfg, state, dataset), cfg.block, seeds=seeds
+    )
 
 
 def make_policy(learner: Learner[C, S], cfg: C):

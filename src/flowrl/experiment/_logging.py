@@ -19,8 +19,8 @@ class CSVLogger:
     """Append-only CSV logs, one file per split (`train.csv`, `val.csv`, `eval.csv`, ...).
 
     Each file's columns are fixed by its first row (`step` first, then the metric names in
-    order). Reopening a directory continues the files; [`flowrl.experiment.CSVLogger.truncate_after`][]
-    drops rows past a checkpoint on resume.
+    order). Reopening a directory continues the files;
+    [`flowrl.experiment.CSVLogger.truncate_after`][] drops rows past a checkpoint on resume.
     """
 
     def __init__(self, directory: str | os.PathLike[str]):

@@ -8,7 +8,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import equinox as eqx
 import jax
@@ -47,6 +47,7 @@ def check_finite(metrics: Mapping[str, Any], first_step: int) -> None:
             )
 
 
+@runtime_checkable
 class RunData(Protocol):
     """What the loop needs of the data: the training and validation datasets
     ([`flowrl.data.Dataset`][]), the evaluation environment (Gymnasium's `reset(seed=)` and

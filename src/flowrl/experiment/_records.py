@@ -36,6 +36,8 @@ class RunRecord:
       locally rebuilt data must be labelled as such), `rebuild_record`.
     - `train`, `val`, `eval`: the rows of `train.csv`, `val.csv`, `eval.csv` (dicts of floats;
       `eval` has `step`, `success`, `return`, `length`).
+    - `checkpoint_step`: the step of the run's checkpoint (resume from it with `--resume`),
+      or `None` when there is none.
     """
 
     path: Path
@@ -44,6 +46,7 @@ class RunRecord:
     train: list[dict[str, float]]
     val: list[dict[str, float]]
     eval: list[dict[str, float]]
+    checkpoint_step: int | None = None
 
     @property
     def last_step(self) -> int:
@@ -73,6 +76,8 @@ def read_run(path: str | os.PathLike[str]) -> RunRecord:
     top = path if (path / CONFIG_FILE).exists() else path.parent
     read = lambda name: json.loads((top / name).read_text()) if (top / name).exists() else {}
     log = CSVLogger.reader(path)
+    meta = checkpoint_dir(top) / "checkpoint.json"
+    saved = json.loads(meta.read_text()) if meta.exists() else None
     return RunRecord(
         path=path,
         config=read(CONFIG_FILE),
@@ -80,6 +85,7 @@ def read_run(path: str | os.PathLike[str]) -> RunRecord:
         train=log.read("train"),
         val=log.read("val"),
         eval=log.read("eval"),
+        checkpoint_step=saved.get("step") if isinstance(saved, dict) else None,
     )
 
 
