@@ -8,6 +8,7 @@ import pytest
 from hlo_text import carried_copies
 
 import flowrl
+import flowrl.experiment as fx
 
 
 def test_scan_block_equals_a_python_loop_and_traces_once():
@@ -117,17 +118,17 @@ def test_optimizer_step_is_the_plain_step_and_targets_from_the_pre_step_weights(
 
 
 def test_check_finite_names_step_and_loss():
-    flowrl.check_finite({"a": np.ones(3), "b": np.zeros((3, 2))}, 101)
-    with pytest.raises(flowrl.NonFiniteLossError, match="'critic_loss'.*at step 102"):
-        flowrl.check_finite({"bc": np.ones(3), "critic_loss": np.array([1.0, np.nan, np.inf])}, 101)
+    fx.check_finite({"a": np.ones(3), "b": np.zeros((3, 2))}, 101)
+    with pytest.raises(fx.NonFiniteLossError, match="'critic_loss'.*at step 102"):
+        fx.check_finite({"bc": np.ones(3), "critic_loss": np.array([1.0, np.nan, np.inf])}, 101)
 
 
 def test_csv_logger_append_reopen_and_truncate(tmp_path):
-    log = flowrl.CSVLogger(tmp_path)
+    log = fx.CSVLogger(tmp_path)
     for step in (100, 200, 300):
         log.log("train", step, {"loss": step / 100})
     log.log("eval", 300, {"success": 0.5})
-    again = flowrl.CSVLogger(tmp_path)  # a resumed run reopens the files
+    again = fx.CSVLogger(tmp_path)  # a resumed run reopens the files
     again.truncate_after(200)
     again.log("train", 300, {"loss": 9.0})
     rows = again.read("train")
@@ -139,19 +140,19 @@ def test_csv_logger_append_reopen_and_truncate(tmp_path):
 
 def test_checkpoint_round_trip_with_keys_and_atomic_files(tmp_path):
     state = {"w": jnp.arange(3.0), "key": jax.random.key(3), "step": jnp.array(7)}
-    flowrl.save_checkpoint(tmp_path, state, {"a": (1, 2)}, 7)
+    fx.save_checkpoint(tmp_path, state, {"a": (1, 2)}, 7)
     like = {"w": jnp.zeros(3), "key": jax.random.key(0), "step": jnp.array(0)}
-    got, step = flowrl.load_checkpoint(tmp_path, like, {"a": (1, 2)})
+    got, step = fx.load_checkpoint(tmp_path, like, {"a": (1, 2)})
     assert step == 7
     np.testing.assert_array_equal(got["w"], state["w"])
     np.testing.assert_array_equal(
         jax.random.key_data(got["key"]), jax.random.key_data(state["key"])
     )
     assert not list(tmp_path.glob("*.tmp"))
-    with pytest.raises(flowrl.CheckpointError, match="a: saved"):
-        flowrl.load_checkpoint(tmp_path, like, {"a": (1, 3)})
-    with pytest.raises(flowrl.CheckpointError, match="no checkpoint"):
-        flowrl.load_checkpoint(tmp_path / "nothing", like, {})
+    with pytest.raises(fx.CheckpointError, match="a: saved"):
+        fx.load_checkpoint(tmp_path, like, {"a": (1, 3)})
+    with pytest.raises(fx.CheckpointError, match="no checkpoint"):
+        fx.load_checkpoint(tmp_path / "nothing", like, {})
 
 
 class CountdownEnv:
@@ -178,7 +179,7 @@ def test_evaluate_runs_chunks_open_loop():
         calls.append(i)
         return np.full((2, 1), 0.5)  # a chunk of h = 2 actions
 
-    res = flowrl.evaluate(CountdownEnv(), policy, 3, render_episodes=1)
+    res = fx.evaluate(CountdownEnv(), policy, 3, render_episodes=1)
     # 5 steps per episode with chunks of 2: 3 policy calls per episode (the last chunk is cut)
     assert calls == list(range(9))
     assert res.success == 1.0 and res.episode_return == 5.0 and res.episode_length == 5.0
@@ -191,10 +192,10 @@ class NoRenderer(CountdownEnv):
 
 
 def test_evaluate_without_a_renderer_skips_video_with_a_message(capsys):
-    res = flowrl.evaluate(NoRenderer(), lambda obs, i: np.ones((1, 1)), 2, render_episodes=2)
+    res = fx.evaluate(NoRenderer(), lambda obs, i: np.ones((1, 1)), 2, render_episodes=2)
     assert res.frames == [] and res.success == 1.0
     assert capsys.readouterr().out.count("rendering skipped") == 1
-    assert flowrl.save_video([], "unused.mp4") is False
+    assert fx.save_video([], "unused.mp4") is False
 
 
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # reading starts ffmpeg too
@@ -205,7 +206,7 @@ def test_save_video_writes_an_mp4_that_reads_back(tmp_path):
 
     frames = [np.full((64, 96, 3), 20 * i, np.uint8) for i in range(12)]
     path = tmp_path / "videos" / "eval.mp4"
-    assert flowrl.save_video(frames, path, fps=10) is True
+    assert fx.save_video(frames, path, fps=10) is True
     back = imageio.mimread(path)
     assert len(back) == 12 and back[0].shape == (64, 96, 3)
     assert abs(int(back[5].mean()) - 100) <= 3  # the frames, in order (lossy codec)
@@ -216,7 +217,7 @@ def test_tensorboard_events_hold_the_logged_scalars(tmp_path):
 
     from tensorboardX.proto import event_pb2
 
-    writers = flowrl.ExtraWriters(tmp_path, {"lr": 3e-4}, tensorboard=True)
+    writers = fx.ExtraWriters(tmp_path, {"lr": 3e-4}, tensorboard=True)
     writers.log("train", 100, {"critic_loss": 0.5, "bc_loss": 2.0})
     writers.log("eval", 200, {"success": 0.25})
     writers.close()
@@ -244,9 +245,9 @@ def test_wandb_only_on_request_with_prefixed_metrics(tmp_path, monkeypatch):
     fake.log = lambda metrics, step: calls.append(("log", metrics, step))
     fake.finish = lambda: calls.append(("finish",))
     monkeypatch.setitem(sys.modules, "wandb", fake)
-    flowrl.ExtraWriters(tmp_path, {"lr": 3e-4}).log("train", 1, {"x": 1.0})
+    fx.ExtraWriters(tmp_path, {"lr": 3e-4}).log("train", 1, {"x": 1.0})
     assert calls == []  # off unless asked
-    writers = flowrl.ExtraWriters(tmp_path, {"lr": 3e-4}, track=True)
+    writers = fx.ExtraWriters(tmp_path, {"lr": 3e-4}, track=True)
     writers.log("eval", 100, {"success": 0.5})
     writers.close()
     assert calls == [
@@ -256,4 +257,4 @@ def test_wandb_only_on_request_with_prefixed_metrics(tmp_path, monkeypatch):
     ]
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
     with pytest.raises(ImportError, match="--track needs wandb: pip install wandb"):
-        flowrl.ExtraWriters(tmp_path, {}, track=True)
+        fx.ExtraWriters(tmp_path, {}, track=True)
