@@ -8,6 +8,8 @@ import numpy as np
 
 import flowrl
 import flowrl.data
+import flowrl.data.toy
+import flowrl.experiment
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -21,8 +23,10 @@ def test_every_public_name_has_an_api_entry():
     names = documented()
     missing = [n for n in flowrl.__all__ if n != "data" and f"flowrl.{n}" not in names]
     assert not missing, f"not in any docs page: {missing}"
-    missing_data = [n for n in flowrl.data.__all__ if f"flowrl.data.{n}" not in names]
-    assert not missing_data, f"not in any docs page: {missing_data}"
+    for module in (flowrl.data, flowrl.data.toy, flowrl.experiment):
+        prefix = module.__name__
+        missing = [n for n in module.__all__ if f"{prefix}.{n}" not in names and n != "toy"]
+        assert not missing, f"not in any docs page: {missing}"
 
 
 def python_blocks(page: str) -> list[str]:
@@ -44,6 +48,6 @@ def test_index_example_runs_and_gives_partial_actions(capsys):
 def test_no_learner_example_is_longer_than_the_rql_one():
     examples = DOCS.parent / "examples"
     lines = {p.name: len(p.read_text().splitlines()) for p in examples.glob("*_ogbench.py")}
-    assert len(lines) >= 3
+    assert len(lines) >= 2
     longest = max(lines, key=lines.get)
     assert lines[longest] <= lines["rql_ogbench.py"], lines

@@ -15,5 +15,7 @@ def test_tutorial_builds_a_learner_that_picks_the_better_mode(capsys):
         exec(compile(code, f"docs/tutorial.md (python block {i + 1})", "exec"), scope)
     assert scope["better"] >= 0.9, scope["better"]
     assert scope["chunk"].shape == (1, 1)
+    first, last = (r["success"] for r in scope["record"].eval)
+    assert first <= 0.6 and last >= 0.9, (first, last)  # the driver's run learns too
     out = capsys.readouterr().out
     assert "4096 2 1" in out and "picks the better mode" in out

@@ -13,6 +13,10 @@ if os.environ.get("FLOWRL_TYPECHECK", "0") not in ("", "0"):
     _install_import_hook("flowrl", "beartype.beartype")
 
 from . import data as data
+from ._blocks import jit_block as jit_block
+from ._blocks import optimizer_step as optimizer_step
+from ._blocks import order_after as order_after
+from ._blocks import scan_block as scan_block
 from ._critics import EnsembleCritic as EnsembleCritic
 from ._critics import JointCritic as JointCritic
 from ._critics import ensemble_critic as ensemble_critic
@@ -24,10 +28,6 @@ from ._draws import flow_matching_draws as flow_matching_draws
 from ._draws import reversal_depths as reversal_depths
 from ._expanded import expanded_td_target as expanded_td_target
 from ._expanded import flow_step as flow_step
-from ._blocks import jit_block as jit_block
-from ._blocks import optimizer_step as optimizer_step
-from ._blocks import order_after as order_after
-from ._blocks import scan_block as scan_block
 from ._flows import FlowPath as FlowPath
 from ._flows import Reversal as Reversal
 from ._flows import euler_path as euler_path

@@ -375,3 +375,15 @@ def load_toy(name: str, *, seed: int = 0) -> ToyData:
         val=make_data(seed=_val_seed(seed), **val_size),
         name=name,
     )
+
+
+__all__ = [
+    "TOY_TASKS",
+    "BanditEnv",
+    "ChainEnv",
+    "ToyData",
+    "bimodal_bandit",
+    "chain",
+    "is_toy",
+    "load_toy",
+]

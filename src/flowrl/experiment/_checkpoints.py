@@ -66,7 +66,8 @@ def load_checkpoint(
     *,
     may_differ: tuple[str, ...] = (),
 ) -> tuple[S, int]:
-    """Load a checkpoint saved by [`flowrl.save_checkpoint`][] into the structure of `like`.
+    """Load a checkpoint saved by [`flowrl.experiment.save_checkpoint`][] into the structure of
+    `like`.
 
     **Arguments:**
 
@@ -78,7 +79,8 @@ def load_checkpoint(
 
     **Returns:** `(state, step)`.
 
-    **Raises:** [`flowrl.CheckpointError`][] naming the differing fields, or the missing file.
+    **Raises:** [`flowrl.experiment.CheckpointError`][] naming the differing fields, or the missing
+    file.
     """
     d = Path(directory)
     if not (d / _CKPT).exists() or not (d / _META).exists():

@@ -45,7 +45,7 @@ def shard_seeds(tree: T, mesh: Mesh) -> T:
     device's seeds on that device (GSPMD), with no change to the maths.
 
     **Arguments:** `tree`, a pytree whose array leaves share a leading axis of size `S`;
-    `mesh`, from [`flowrl.seed_mesh`][]. `S` must be a multiple of the number of devices.
+    `mesh`, from [`flowrl.experiment.seed_mesh`][]. `S` must be a multiple of the number of devices.
 
     **Returns:** the placed tree.
     """
@@ -114,7 +114,7 @@ def _broadcast_text(text: str, size: int = 4096) -> str:
 def init_seeds(init: Callable[[jax.Array], T], seeds: Sequence[int]) -> T:
     """The states of several seeds stacked on a leading seed axis: element `i` is
     `init(jax.random.key(seeds[i]))`, built in one `vmap`. With several devices the seed axis
-    is split over all of them ([`flowrl.shard_seeds`][]), so `len(seeds)` must then be a
+    is split over all of them ([`flowrl.experiment.shard_seeds`][]), so `len(seeds)` must then be a
     multiple of the device count.
 
     **Arguments:** `init`, a function from a PRNG key to a learner state (a pytree of arrays);
@@ -152,8 +152,8 @@ def init_distributed(
     Call it first in every process, before any other JAX call. With no arguments JAX detects
     the cluster (SLURM, Open MPI, Cloud TPU, ...); otherwise pass the coordinator's
     `host:port`, the number of processes and this process's id (0 on the coordinator). After
-    it, `jax.devices()` lists every process's devices, so [`flowrl.seed_mesh`][] and
-    [`flowrl.shard_seeds`][] spread seeds over all hosts.
+    it, `jax.devices()` lists every process's devices, so [`flowrl.experiment.seed_mesh`][] and
+    [`flowrl.experiment.shard_seeds`][] spread seeds over all hosts.
 
     **Returns:** `(process_index, process_count)`.
     """

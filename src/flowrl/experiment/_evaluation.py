@@ -48,7 +48,7 @@ def evaluate(
     - `render_episodes`: render frames (`env.render()`) for the first this many episodes;
       if rendering fails (no renderer) it prints why once and carries on without frames.
 
-    **Returns:** an [`flowrl.EvalResult`][].
+    **Returns:** an [`flowrl.experiment.EvalResult`][].
     """
     if episodes < 1:
         raise ValueError(f"`episodes` must be >= 1, got {episodes}")

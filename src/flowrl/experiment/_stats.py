@@ -10,8 +10,8 @@ import numpy as np
 
 
 class Interval(NamedTuple):
-    """The result of [`flowrl.confidence_interval`][]: `mean`, `low`, `high` of the interval
-    (`nan` when fewer than two values), `n` values, and the `method` used."""
+    """The result of [`flowrl.experiment.confidence_interval`][]: `mean`, `low`, `high` of the
+    interval (`nan` when fewer than two values), `n` values, and the `method` used."""
 
     mean: float
     low: float
@@ -44,7 +44,8 @@ def confidence_interval(
     **Arguments:** `values` (the per-seed numbers); `level` in `(0, 1)`; `method`;
     `resamples` and `seed` for the bootstrap.
 
-    **Returns:** an [`flowrl.Interval`][]; `low` and `high` are `nan` for fewer than two values.
+    **Returns:** an [`flowrl.experiment.Interval`][]; `low` and `high` are `nan` for fewer than two
+    values.
     """
     x = np.asarray(values, dtype=np.float64).reshape(-1)
     if x.size == 0:
