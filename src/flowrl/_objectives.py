@@ -8,6 +8,7 @@ first; the random draws are arguments.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ def window_targets(
     v_bootstrap: Float[Array, " B"],
     discount: ScalarLike,
     *,
-    mask_gate: str = "last",
+    mask_gate: Literal["last", "all"] = "last",
 ) -> Float[Array, " B"]:
     r"""[`flowrl.rql_window_target`][] for each window of a batch:
     $y_b = \sum_{j<h} \gamma^j r_{b,j} + \gamma^h m_b V_b$ (stopped at a terminal).
@@ -67,7 +68,7 @@ def env_level_target(
     *,
     discount: ScalarLike,
     aggregate: Aggregate,
-    mask_gate: str = "last",
+    mask_gate: Literal["last", "all"] = "last",
 ) -> Float[Array, " B"]:
     r"""RQL's environment-level target of each window, shared by every point of the flow that
     ends at the window's action chunk:
@@ -94,7 +95,7 @@ def action_value_target(
     *,
     discount: ScalarLike,
     aggregate: Aggregate,
-    mask_gate: str = "last",
+    mask_gate: Literal["last", "all"] = "last",
 ) -> Float[Array, " B"]:
     r"""The n-step target of a critic on complete actions (FQL's):
     $y = \sum_{j<h} \gamma^j r_j + \gamma^h m\; \mathrm{agg}_k \bar Q_k(s_h, a')$, with

@@ -195,7 +195,7 @@ def required_keys(name: str) -> tuple[str, ...]:
     """The arrays a file needs for `name`: `observations`, `actions`, `terminals`, plus `qpos`
     for single-task relabelling, plus `button_states` for scene and puzzle single-task names."""
     parsed = parse_ogbench_name(name)
-    keys = list(_BASE_KEYS)
+    keys: list[str] = list(_BASE_KEYS)
     if parsed.singletask or parsed.size is not None:
         keys.append("qpos")
         if parsed.domain in ("scene", "puzzle"):

@@ -195,7 +195,7 @@ def restore_config(given: C, run_dir: str | os.PathLike[str], keep: tuple[str, .
     unknown = sorted(set(saved) - fields)
     if unknown:
         raise CheckpointError(f"{path} has fields {unknown} that {cls.__name__} does not know")
-    restored = {
+    restored: dict[str, Any] = {
         k: tuple(v) if isinstance(v, list) and isinstance(getattr(given, k), tuple | None) else v
         for k, v in saved.items()
     }

@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 
 def _is_key(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _place(x: Any, sharding: Sharding) -> jax.Array:
@@ -32,7 +32,7 @@ def _place(x: Any, sharding: Sharding) -> jax.Array:
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def seed_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+def seed_mesh(devices: Sequence[Any] | None = None) -> Mesh:
     """A one-axis device mesh named `"seed"` over `devices` (default: all devices of all
     processes, `jax.devices()`; after `jax.distributed.initialize()` that spans every host)."""
     devices = list(jax.devices() if devices is None else devices)

@@ -140,7 +140,7 @@ class ExtraWriters:
             self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
         if track:
             try:
-                import wandb
+                import wandb  # pyright: ignore[reportMissingImports]
             except ImportError as e:
                 raise ImportError("--track needs wandb: pip install wandb") from e
             self._wandb = wandb.init(project=project, config=dict(config), dir=str(run_dir))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -272,7 +272,9 @@ class _Run:
             )
 
 
-def _training_sets(data: RunData, shards, options: LoopOptions, start: int) -> Iterator[Any]:
+def _training_sets(
+    data: RunData, shards, options: LoopOptions, start: int
+) -> Generator[Any, None, None]:
     """The training dataset of each block: `data.train` always, or shard `k` for the steps
     `[k N, (k + 1) N)`, `N = swap_every`, from `shards(k)` (an iterator starting at shard `k`)."""
     if shards is None:

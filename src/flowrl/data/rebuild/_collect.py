@@ -100,7 +100,7 @@ class Collector:
         if self.parsed.domain != "pointmaze":
             kwargs["mode"] = "data_collection"
         with quiet_gym_warnings():
-            self.env = gymnasium.make(plan.env_id, **kwargs)
+            self.env: Any = gymnasium.make(plan.env_id, **kwargs)
         self.retries = 0
         if self.parsed.domain == "pointmaze":
             self._init_maze_cells()
@@ -118,7 +118,7 @@ class Collector:
             xi = float(np.random.uniform(0.0, MARKOV_NOISE)) if markov else 0.0
             agent = agents[info["privileged/target_task"]]
             agent.reset(ob, info)
-            rows: dict[str, list[np.ndarray]] = {
+            rows: dict[str, list[Any]] = {
                 k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")
             }
             has_buttons = hasattr(env.unwrapped, "_cur_button_states")
@@ -207,7 +207,7 @@ class Collector:
         ob, _ = env.reset(
             seed=env_seed, options=dict(task_info=dict(init_ij=init_ij, goal_ij=goal_ij))
         )
-        rows: dict[str, list[np.ndarray]] = {
+        rows: dict[str, list[Any]] = {
             k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")
         }
         done = False

@@ -8,7 +8,7 @@ import contextlib
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,9 @@ def _worker_episode(job: tuple[int, int]) -> Episode:
     return job[0], job[1], out, collector.retries - before
 
 
-def _episodes(plan: RebuildPlan, jobs: list[tuple[int, int]], workers: int) -> Iterator[Episode]:
+def _episodes(
+    plan: RebuildPlan, jobs: list[tuple[int, int]], workers: int
+) -> Generator[Episode, None, None]:
     """The episodes of `jobs`, in any order."""
     if workers <= 1:
         collector = Collector(plan)
