@@ -1,9 +1,15 @@
-"""Throughput of the RQL update (examples/rql_ogbench.py) against the machine's matmul ceiling.
+"""Throughput of a learner's update (RQL's by default, examples/rql_ogbench.py) against the
+machine's matmul ceiling.
 
     python benchmarks/throughput.py                      # all cases, table + JSON
     python benchmarks/throughput.py --cases paper-manip  # one case
     python benchmarks/throughput.py --json out.json
     python benchmarks/throughput.py --seeds 1 8          # 1 seed, then 8 seeds in one block
+    python benchmarks/throughput.py --learner fql        # another registered learner
+
+`--learner` names any learner of `examples/*_ogbench.py` (`rql`, `naive`, `fql`; loaded with
+`flowrl.experiment.load_learners`). The block timed is exactly the one training runs:
+`flowrl.experiment.make_block(learner, cfg)` (vmapped over stacked seeds with `--seeds`).
 
 For each case: gradient steps per second of the jitted, scan-fused training block (median over
 repeats, after a warm-up block), compile time (first call minus a steady call), FLOP per update
@@ -15,11 +21,13 @@ critic's layer shapes. The two peaks are the process's: a case also carries the 
 cases measured before it; run one case per process for its own. A block is 100 updates by
 default (`--block`); the examples run 1000 per call. Short blocks cost a few percent: each call
 page-faults the block's temporary buffers afresh (about 4 % of CPU time at 5 updates per call,
-under 1 % at 50, `profile_step.py --perf`). Cases:
+under 1 % at 50, `profile_step.py --perf`). Cases (the
+same sizes for every learner: a field that a learner's config lacks keeps its default, and
+one it has is set, so FQL's critic has K = 10 members at the paper cases where its paper has 2):
 
 - `paper-manip`: 4 x 512 MLPs, K = 10, batch 256, F = 10, obs 37, action 5, h = 5
 - `paper-loco`: same size, obs 29, action 8, h = 1
-- `cpu-default`: the example's CPU preset (2 x 256, K = 2), obs 28, action 5, h = 5
+- `cpu-default`: the examples' CPU preset (2 x 256, K = 2), obs 28, action 5, h = 5
 
 With `--seeds N ...`, each case is measured once per N: N independent learner states stacked
 on a leading axis and one block `vmap`ped over them (`--seeds` of the examples; on several
@@ -38,7 +46,6 @@ import dataclasses
 import json
 import platform
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -46,17 +53,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-import rql_ogbench as rql  # noqa: E402
+import flowrl.experiment as fx
+from flowrl.data import Dataset
 
-import flowrl  # noqa: E402
-from flowrl.data import Dataset  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+LEARNERS = fx.load_learners(sorted((ROOT / "examples").glob("*_ogbench.py")))
 
+# Each case's shapes: the data's sizes, and the config fields that set the networks and the
+# batch (applied to the fields a learner's config has; the others keep its defaults).
+PAPER = dict(size="paper", hidden=(512,) * 4, num_critics=10, batch_size=256, flow_steps=10)
+CPU = dict(size="cpu", hidden=(256, 256), num_critics=2, batch_size=256, flow_steps=10)
 CASES = {
-    "paper-manip": dict(size="paper", obs=37, act=5, horizon=5),
-    "paper-loco": dict(size="paper", obs=29, act=8, horizon=1),
-    "cpu-default": dict(size="cpu", obs=28, act=5, horizon=5),
+    "paper-manip": dict(obs=37, act=5, config=dict(PAPER, horizon=5)),
+    "paper-loco": dict(obs=29, act=8, config=dict(PAPER, horizon=1)),
+    "cpu-default": dict(obs=28, act=5, config=dict(CPU, horizon=5)),
 }
+# Fixed values of the environment presets (throughput does not depend on them).
+ENV_FIELDS = dict(alpha=1.0, kappa=0.9, rho=0.5, discount=0.99, sparse_reward=False)
 
 
 def synthetic_dataset(obs: int, act: int, n: int = 20_000, episode: int = 1000) -> Dataset:
@@ -124,32 +137,21 @@ def block_memory(fn, ds: Dataset, state) -> dict | None:
     return mb
 
 
-def case_config(name: str, block: int):
-    """The example's config for a case, its hyperparameters, optimizer and synthetic data."""
+def case_config(learner: fx.Learner, name: str, block: int):
+    """The learner's resolved config for a case, and the case's synthetic data. The case's
+    fields that the learner's config lacks (`dataclasses.fields`) are left out."""
     spec = CASES[name]
-    cfg = rql.resolve(
-        dataclasses.replace(
-            rql.Config(),
-            size=spec["size"],
-            horizon=spec["horizon"],
-            alpha=1.0,
-            kappa=0.9,
-            rho=0.5,
-            discount=0.99,
-            sparse_reward=False,
-            block=block,
-            steps=block,
-            eval_every=block,
-        )
-    )
-    return cfg, rql.hyper(cfg), rql.make_optimizer(cfg), synthetic_dataset(spec["obs"], spec["act"])
+    fields = {f.name for f in dataclasses.fields(learner.config)}
+    values = {**ENV_FIELDS, **spec["config"], "block": block, "steps": block, "eval_every": block}
+    cfg = learner.default_config(**{k: v for k, v in values.items() if k in fields})
+    return learner.resolve(cfg), synthetic_dataset(spec["obs"], spec["act"])
 
 
-def run_case(name: str, block: int, repeats: int, seeds: int = 1) -> dict:
+def run_case(learner: fx.Learner, name: str, block: int, repeats: int, seeds: int = 1) -> dict:
     spec = CASES[name]
-    cfg, hp, opt, ds = case_config(name, block)
-    state = init_states(cfg, ds, seeds)
-    fn = rql.make_block(hp, opt, block, seeds=seeds > 1)
+    cfg, ds = case_config(learner, name, block)
+    state = init_states(learner, cfg, ds, seeds)
+    fn = fx.make_block(learner, cfg, seeds=seeds > 1)  # the block training runs
     t0 = time.perf_counter()
     state, metrics = fn(ds, state)
     jax.block_until_ready(metrics)
@@ -161,16 +163,18 @@ def run_case(name: str, block: int, repeats: int, seeds: int = 1) -> dict:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     per_block = float(np.median(times))
-    flops = cost_flops(hp, opt, ds, state, seeds)  # per update of all seeds together
-    ceiling = matmul_ceiling(cfg.batch_size, cfg.hidden[0], cfg.num_critics)
+    flops = cost_flops(learner, cfg, ds, state, seeds)  # per update of all seeds together
+    num_critics = getattr(cfg, "num_critics", None)
+    ceiling = matmul_ceiling(cfg.batch_size, cfg.hidden[0], num_critics or 1)
     steps_per_s = block / per_block
     return {
+        "learner": learner.name,
         "case": name,
         "seeds": seeds,
         "hidden": list(cfg.hidden),
-        "num_critics": cfg.num_critics,
+        "num_critics": num_critics,
         "batch_size": cfg.batch_size,
-        "flow_steps": cfg.flow_steps,
+        "flow_steps": getattr(cfg, "flow_steps", None),
         "obs_dim": spec["obs"],
         "action_dim": spec["act"],
         "horizon": cfg.horizon,
@@ -191,20 +195,21 @@ def run_case(name: str, block: int, repeats: int, seeds: int = 1) -> dict:
     }
 
 
-def init_states(cfg, ds: Dataset, seeds: int):
+def init_states(learner: fx.Learner, cfg, ds: Dataset, seeds: int):
     """One learner state (seed 0), or `seeds` of them (seeds 0..N-1) stacked on a leading axis
-    and, on several devices, split over them as the examples' `--seeds` does."""
+    by `flowrl.experiment.init_seeds` and, on several devices, split over them as the
+    examples' `--seeds` does."""
     dims = (ds.obs_dim, cfg.horizon * ds.action_dim)
     if seeds == 1:
-        return rql.init_state(cfg, *dims, jax.random.key(0))
-    return flowrl.init_seeds(lambda k: rql.init_state(cfg, *dims, k), range(seeds))
+        return learner.init(cfg, *dims, jax.random.key(0))
+    return fx.init_seeds(lambda k: learner.init(cfg, *dims, k), range(seeds))
 
 
-def cost_flops(hp, opt, ds, state, seeds: int = 1) -> float:
+def cost_flops(learner: fx.Learner, cfg, ds, state, seeds: int = 1) -> float:
     """FLOP of one update (of all `seeds` together) from XLA's cost analysis of the compiled
-    training step. With the seeds split over several devices, XLA reports one device's share:
+    `learner.step`. With the seeds split over several devices, XLA reports one device's share:
     it is multiplied by the number of devices."""
-    step = lambda d, st: rql.train_step(st, d, hp, opt)  # noqa: E731
+    step = lambda d, st: learner.step(cfg, st, d)  # noqa: E731
     if seeds > 1:
         step = jax.vmap(step, in_axes=(None, 0))
     analysis = jax.jit(step).lower(ds, state).compile().cost_analysis()
@@ -216,7 +221,10 @@ def cost_flops(hp, opt, ds, state, seeds: int = 1) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="RQL update throughput")
+    parser = argparse.ArgumentParser(description="a learner's update throughput")
+    parser.add_argument(
+        "--learner", default="rql", choices=sorted(LEARNERS), help="a registered learner"
+    )
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument(
         "--block", type=int, default=100, help="updates per jitted call (the examples: 1000)"
@@ -236,7 +244,9 @@ def main() -> None:
     if args.block < 1 or args.repeats < 1:
         parser.error(f"--block and --repeats must be >= 1, got {args.block} and {args.repeats}")
     dev = jax.devices()[0]
+    learner = fx.get_learner(args.learner)
     header = {
+        "learner": learner.name,
         "device": f"{dev.platform}: {dev.device_kind}",
         "devices": jax.device_count(),
         "cpu": platform.processor() or platform.machine(),
@@ -246,7 +256,9 @@ def main() -> None:
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     print(json.dumps(header))
-    rows = [run_case(c, args.block, args.repeats, n) for c in args.cases for n in args.seeds]
+    rows = [
+        run_case(learner, c, args.block, args.repeats, n) for c in args.cases for n in args.seeds
+    ]
     one_seed = {r["case"]: r["steps_per_s"] for r in rows if r["seeds"] == 1}
     for r in rows:
         r["block_mb"] = r["block_memory"]["total_mb"] if r["block_memory"] else "n/a"

@@ -1,5 +1,7 @@
-"""The throughput benchmark's accounting (benchmarks/throughput.py), at the CPU size."""
+"""The throughput benchmark's accounting (benchmarks/throughput.py), at the CPU size, and the
+ablation variants that claim to keep the maths (benchmarks/ablate.py)."""
 
+import dataclasses
 import importlib.util
 import os
 import subprocess
@@ -13,10 +15,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _script(name: str):
-    """benchmarks/<name>.py as a module (the benchmarks are scripts, not a package)."""
+    """benchmarks/<name>.py as a module (the benchmarks are scripts, not a package), registered
+    under its name: a benchmark that does `import throughput` (its own directory is on
+    `sys.path` when it runs as a script) gets this one."""
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, ROOT / f"benchmarks/{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
 
@@ -26,23 +37,44 @@ def throughput():
 
 
 @pytest.fixture(scope="module")
-def ablate():
+def ablate(throughput):
     return _script("ablate")
 
 
 @pytest.fixture(scope="module")
-def one_seed_flops(throughput):
+def rql(throughput):
+    return throughput.LEARNERS["rql"]
+
+
+@pytest.fixture(scope="module")
+def one_seed_flops(throughput, rql):
     """XLA's FLOP count of one update of the CPU-sized default config."""
-    cfg, hp, opt, ds = throughput.case_config("cpu-default", block=1)
-    return throughput.cost_flops(hp, opt, ds, throughput.init_states(cfg, ds, 1))
+    cfg, ds = throughput.case_config(rql, "cpu-default", block=1)
+    return throughput.cost_flops(rql, cfg, ds, throughput.init_states(rql, cfg, ds, 1))
 
 
-def test_stacked_seeds_cost_exactly_their_number_of_updates(throughput, one_seed_flops):
+@pytest.mark.parametrize("name", ["rql", "naive", "fql"])
+def test_cases_set_the_fields_a_learners_config_has(throughput, name):
+    learner = throughput.LEARNERS[name]
+    fields = {f.name for f in dataclasses.fields(learner.config)}
+    for case, spec in throughput.CASES.items():
+        cfg, ds = throughput.case_config(learner, case, block=3)
+        assert (ds.obs_dim, ds.action_dim) == (spec["obs"], spec["act"])
+        assert cfg.block == cfg.steps == cfg.eval_every == 3
+        for field, value in {**throughput.ENV_FIELDS, **spec["config"]}.items():
+            if field in fields:
+                assert getattr(cfg, field) == value, (case, field)
+        for field, value in learner.defaults.items():  # the variant's own fields (naive's)
+            assert getattr(cfg, field) == value
+    assert "kappa" in throughput.ENV_FIELDS and ("kappa" in fields) == (name != "fql")
+
+
+def test_stacked_seeds_cost_exactly_their_number_of_updates(throughput, rql, one_seed_flops):
     # vmapping the update over S seeds must add no work beyond S separate updates (and lose none).
-    cfg, hp, opt, ds = throughput.case_config("cpu-default", block=1)
+    cfg, ds = throughput.case_config(rql, "cpu-default", block=1)
     one = one_seed_flops
     n = 2 * jax.device_count()  # split evenly over the (test session's 2 virtual) devices
-    stacked = throughput.cost_flops(hp, opt, ds, throughput.init_states(cfg, ds, n), seeds=n)
+    stacked = throughput.cost_flops(rql, cfg, ds, throughput.init_states(rql, cfg, ds, n), seeds=n)
     assert one > 1e8  # 2 x 256 networks, batch 256: hundreds of MFLOP per update
     assert stacked == pytest.approx(n * one, rel=0.01)
 
@@ -56,10 +88,12 @@ def _nbytes(tree) -> int:
     )
 
 
-def test_block_memory_counts_the_inputs_and_the_donated_state_once(throughput):
-    cfg, hp, opt, ds = throughput.case_config("cpu-default", block=2)
-    state = throughput.init_states(cfg, ds, 1)
-    fn = throughput.rql.make_block(hp, opt, 2)
+def test_block_memory_counts_the_inputs_and_the_donated_state_once(throughput, rql):
+    import flowrl.experiment as fx
+
+    cfg, ds = throughput.case_config(rql, "cpu-default", block=2)
+    state = throughput.init_states(rql, cfg, ds, 1)
+    fn = fx.make_block(rql, cfg)  # the block throughput.py times
     mb = throughput.block_memory(fn, ds, state)
     state_mb, data_mb = _nbytes(state) / 2**20, _nbytes(ds) / 2**20
     assert mb["arguments_mb"] == pytest.approx(state_mb + data_mb, rel=1e-3)
@@ -83,8 +117,9 @@ def test_the_benchmark_runs_with_only_the_core_dependencies(one_seed_flops):
             f"sys.modules.update(dict.fromkeys({optional!r}))  # None: importing them fails",
             "sys.path[:0] = sys.argv[1:]",
             "import throughput",
-            "cfg, hp, opt, ds = throughput.case_config('cpu-default', block=1)",
-            "print(throughput.cost_flops(hp, opt, ds, throughput.init_states(cfg, ds, 1)))",
+            "rql = throughput.LEARNERS['rql']",
+            "cfg, ds = throughput.case_config(rql, 'cpu-default', block=1)",
+            "print(throughput.cost_flops(rql, cfg, ds, throughput.init_states(rql, cfg, ds, 1)))",
         ]
     )
     env = {k: v for k, v in os.environ.items() if k not in ("FLOWRL_TYPECHECK", "XLA_FLAGS")}
