@@ -1,4 +1,5 @@
-"""examples/fql_ogbench.py: loss pieces by hand, a smoke run, and FQL beating BC on a bandit."""
+"""examples/fql_ogbench.py: loss pieces by hand, the presets, and FQL beating BC on a bandit
+(the smoke run of every learner is tests/test_learners.py's)."""
 
 import dataclasses
 
@@ -8,10 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from toy_data import bimodal_bandit
 
 import flowrl
+import flowrl.experiment as fx
 from flowrl.data import Windows
+from flowrl.data.toy import bimodal_bandit
 
 
 class TripleActor(eqx.Module):
@@ -43,8 +45,10 @@ def windows(rewards, masks, terminals, obs_dim=2, action_dim=1):
     )
 
 
-def hyper(**over):
+def config(**over):
     base = dict(
+        hidden=(16,),
+        sparse_reward=False,
         alpha=1.0,
         q_agg="mean",
         normalize_q=False,
@@ -56,7 +60,7 @@ def hyper(**over):
         bootstrap="next",
         mask_gate="last",
     )
-    return fql.Hyper(**{**base, **over})
+    return fql.resolve(dataclasses.replace(fql.Config(), **{**base, **over}))
 
 
 def test_critic_target_mean_vs_min_and_clipped_bootstrap_action():
@@ -64,9 +68,9 @@ def test_critic_target_mean_vs_min_and_clipped_bootstrap_action():
     batch = windows(rewards=[[-1.0], [0.0]], masks=[[1.0], [0.0]], terminals=[[0.0], [1.0]])
     z = jnp.full((2, 1), 0.5)
     draws = fql.Draws(x0=z, t=jnp.zeros(2), noise=z, next_noise=z)
-    y_mean = fql.critic_target_values(TripleActor(), LinearCritic(), batch, draws, hyper())
+    y_mean = fql.critic_target_values(TripleActor(), LinearCritic(), batch, draws, config())
     y_min = fql.critic_target_values(
-        TripleActor(), LinearCritic(), batch, draws, hyper(q_agg="min")
+        TripleActor(), LinearCritic(), batch, draws, config(q_agg="min")
     )
     np.testing.assert_allclose(y_mean, [-1.0 + 0.9 * 2.0, 0.0], rtol=1e-6)  # mask 0: reward only
     np.testing.assert_allclose(y_min, [-1.0 + 0.9 * 1.0, 0.0], rtol=1e-6)
@@ -76,8 +80,8 @@ def test_critic_target_is_n_step_over_the_chunk():
     batch = windows(rewards=[[-1.0, -1.0]], masks=[[1.0, 1.0]], terminals=[[0.0, 0.0]])
     z = jnp.full((1, 2), 0.1)  # mu = 0.3 per position: Q' = (0.6, 2.2)
     draws = fql.Draws(x0=z, t=jnp.zeros(1), noise=z, next_noise=z)
-    hp = hyper(horizon=2, q_agg="min", batch_size=1)
-    y = fql.critic_target_values(TripleActor(), LinearCritic(), batch, draws, hp)
+    cfg = config(horizon=2, q_agg="min", batch_size=1)
+    y = fql.critic_target_values(TripleActor(), LinearCritic(), batch, draws, cfg)
     np.testing.assert_allclose(y, [-1.0 - 0.9 + 0.81 * 0.6], rtol=1e-5)
 
 
@@ -94,13 +98,18 @@ def test_q_normalisation_value_and_gradient():
 def test_config_range_checks_name_the_flag():
     with pytest.raises(ValueError, match="--discount must be in"):
         fql.resolve(dataclasses.replace(fql.Config(), discount=1.5))
-    with pytest.raises(ValueError, match="no FQL preset"):
+    with pytest.raises(ValueError, match="--env-name .*no preset for this environment"):
         fql.resolve(fql.Config(env_name="pointmaze-medium-navigate-singletask-task1-v0"))
+
+
+def test_cube_preset_is_rql_chunks_with_the_fql_papers_alpha():
+    cfg = fql.resolve(fql.Config())  # the CPU default, cube-single
+    assert (cfg.horizon, cfg.alpha, cfg.q_agg) == (5, 300.0, "mean")
 
 
 def tiny_models(action_dim=2, obs_dim=3):
     cfg = fql.resolve(dataclasses.replace(fql.Config(), hidden=(16,)))
-    return fql.init_state(cfg, obs_dim, action_dim, jax.random.key(0))
+    return fql.init(cfg, obs_dim, action_dim, jax.random.key(0))
 
 
 def test_distillation_term_by_hand_and_gradients_go_where_they_should():
@@ -136,7 +145,7 @@ def test_distillation_term_by_hand_and_gradients_go_where_they_should():
     # gradients do not depend on alpha or on the Q normalisation; the policy's do.
     def grads(**over):
         g, m = eqx.filter_jit(eqx.filter_grad(fql.fql_loss, has_aux=True))(
-            models, state.critic_target, batch, draws, hyper(batch_size=B, **over)
+            models, state.critic_target, batch, draws, config(batch_size=B, **over)
         )
         return [jax.tree.leaves(eqx.filter(part, eqx.is_inexact_array)) for part in g], m
 
@@ -151,37 +160,6 @@ def test_distillation_term_by_hand_and_gradients_go_where_they_should():
     q_pi = jnp.mean(jax.vmap(state.critic)(s0, jnp.clip(mu, -1, 1)), axis=1)
     np.testing.assert_allclose(m["q_loss"], -jnp.mean(q_pi), rtol=1e-5)
     assert any(not np.allclose(x, y) for x, y in zip(base[1], other[1], strict=True))
-
-
-pytest.importorskip("ogbench")
-
-
-def test_smoke_run_on_tiny_rebuilt_data(tiny_cube_dir, tmp_path):
-    cfg = dataclasses.replace(
-        fql.Config(),
-        dataset_dir=str(tiny_cube_dir),
-        hidden=(32, 32),
-        batch_size=32,
-        steps=200,
-        block=100,
-        eval_every=200,
-        eval_episodes=1,
-        run_dir=str(tmp_path / "fql"),
-        progress=False,
-    )
-    run = fql.train(cfg)
-    log = flowrl.CSVLogger(run)
-    train_rows, evals = log.read("train"), log.read("eval")
-    assert [r["step"] for r in train_rows] == [100, 200]
-    assert [r["step"] for r in evals] == [0, 200]
-    assert all(0.0 <= r["success"] <= 1.0 and r["length"] > 0 for r in evals)
-    for name in ("critic_loss", "bc_loss", "distill_loss", "q_loss", "total_loss"):
-        assert all(np.isfinite(r[name]) for r in train_rows), name
-    assert train_rows[-1]["distill_loss"] > 0
-    assert len(log.read("val")) == 2
-    # The cube preset: chunks of h = 5, the FQL paper's alpha 300.
-    saved = flowrl.restore_config(fql.Config(), run, ())
-    assert (saved.horizon, saved.alpha, saved.q_agg) == (5, 300.0, "mean")
 
 
 @pytest.fixture(scope="module")
@@ -209,19 +187,16 @@ def test_fql_picks_the_better_mode_where_its_bc_flow_follows_the_data(bandit):
             eval_every=500,
         )
     )
-    hp, opt = fql.hyper(cfg), fql.make_optimizer(cfg)
-    state = fql.init_state(cfg, 2, 1, jax.random.key(0))
-    block = fql.make_block(hp, opt, cfg.block)
+    state = fql.init(cfg, 2, 1, jax.random.key(0))
+    block = fx.make_block(fql.LEARNER, cfg)
     for _ in range(3):
         state, metrics = block(bandit, state)
-    flowrl.check_finite(jax.device_get(metrics), 0)
+    fx.check_finite(jax.device_get(metrics), 0)
 
     obs = jax.random.normal(jax.random.key(1), (500, 2))
     noise = jax.random.normal(jax.random.key(2), (500, 1))
-    act = fql.make_policy(hp, 1)
-    a_fql = jax.vmap(lambda o, k: act(state.actor, o, k))(
-        obs, jax.random.split(jax.random.key(3), 500)
-    )
+    act = fx.make_policy(fql.LEARNER, cfg)  # the evaluation policy: clip(mu(s, z))
+    a_fql = jax.vmap(lambda o, k: act(state, o, k))(obs, jax.random.split(jax.random.key(3), 500))
     fql_good = float(jnp.mean(a_fql[:, 0, 0] > 0))
     a_bc = jax.vmap(lambda o, z: flowrl.euler_sample(state.bc_flow, o, z))(obs, noise)
     bc_good = float(jnp.mean(a_bc[:, 0] > 0))

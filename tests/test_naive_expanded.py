@@ -1,17 +1,19 @@
-"""The naive expanded MDP: one-step flow targets by hand, the example's loss, a smoke run."""
+"""The naive expanded MDP (examples/rql_ogbench.py with --critic-target expanded, the learner
+"naive"): one-step flow targets by hand and the example's loss (the smoke run of every learner
+is tests/test_learners.py's)."""
 
 import dataclasses
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import naive_expanded_ogbench as naive
 import numpy as np
 import pytest
 import rql_ogbench as rql
 
 import flowrl
 from flowrl.data import Windows
+from flowrl.data.toy import bimodal_bandit
 
 
 class Probe(eqx.Module):
@@ -50,23 +52,33 @@ def test_expanded_target_inside_the_flow_and_at_the_complete_action():
     np.testing.assert_array_equal(g, jnp.zeros(2))
 
 
-def setup(depth):
-    cfg = rql.resolve(
-        dataclasses.replace(
-            naive.Config(),
-            hidden=(16,),
-            num_critics=2,
-            batch_size=4,
-            alpha=1.0,
-            kappa=0.5,
-            rho=0.5,
-            horizon=1,
-            discount=0.9,
-            sparse_reward=False,
-        )
+def naive_config(**over):
+    """The naive learner's config: RQL's with the expanded-MDP critic target."""
+    base = dict(
+        hidden=(16,),
+        num_critics=2,
+        batch_size=4,
+        alpha=1.0,
+        kappa=0.5,
+        rho=0.5,
+        horizon=1,
+        discount=0.9,
+        sparse_reward=False,
     )
+    return rql.resolve(rql.NAIVE.default_config(**{**base, **over}))
+
+
+def test_naive_is_rql_with_the_expanded_critic_target():
+    assert rql.NAIVE.name == "naive" and rql.NAIVE.config is rql.Config
+    assert dict(rql.NAIVE.defaults) == {"critic_target": "expanded"}
+    assert naive_config().critic_target == "expanded"
+    assert rql.LEARNER.default_config().critic_target == "shared"
+
+
+def setup(depth):
+    cfg = naive_config()
     B, n_obs, A = 4, 3, 2
-    state = rql.init_state(cfg, n_obs, A, jax.random.key(0))
+    state = rql.init(cfg, n_obs, A, jax.random.key(0))
     other = flowrl.joint_critic(n_obs, A, hidden_sizes=(16,), num_members=2, key=jax.random.key(9))
     state = eqx.tree_at(lambda s: s.critic_target, state, other)  # target != online critic
     k = jax.random.split(jax.random.key(1), 4)
@@ -80,7 +92,7 @@ def setup(depth):
         action_mask=jnp.ones((B, 1)),
         start=jnp.zeros(B, jnp.int32),
     )
-    draws = rql.draw(k[2], B, A, cfg.flow_steps)._replace(depth=jnp.full(B, depth))
+    draws = rql.draw(k[2], cfg, B, A)._replace(depth=jnp.full(B, depth))
     return cfg, state, batch, draws
 
 
@@ -107,54 +119,31 @@ def by_hand(cfg, state, batch, draws):
 @pytest.mark.parametrize("depth", [0.0, 0.1, 0.55])
 def test_naive_critic_loss_by_hand(depth):
     cfg, state, batch, draws = setup(depth)
-    hp = rql.hyper(cfg)
     models = (state.actor, state.critic)
-    _, m = eqx.filter_jit(naive.naive_loss)(models, state.critic_target, batch, draws, hp)
+    _, m = eqx.filter_jit(rql.rql_loss)(models, state.critic_target, batch, draws, cfg)
     np.testing.assert_allclose(m["critic_loss"], by_hand(cfg, state, batch, draws), rtol=1e-5)
     assert float(m["env_target_fraction"]) == (1.0 if depth == 0.0 else 0.0)
     if depth == 0.0:  # every point is the complete action: RQL's critic loss exactly
-        _, m_rql = eqx.filter_jit(rql.rql_loss)(models, state.critic_target, batch, draws, hp)
+        shared = dataclasses.replace(cfg, critic_target="shared")
+        _, m_rql = eqx.filter_jit(rql.rql_loss)(models, state.critic_target, batch, draws, shared)
+        assert "env_target_fraction" not in m_rql  # logged for the expanded target only
         np.testing.assert_allclose(m["critic_loss"], m_rql["critic_loss"], rtol=1e-6)
         np.testing.assert_allclose(m["actor_loss"], m_rql["actor_loss"], rtol=1e-6)
 
 
 def test_grid_depths_lie_on_the_flow_grid():
-    d = naive.draw(jax.random.key(0), 256, 2, 10, "grid").depth
+    cfg = dataclasses.replace(rql.Config(), depths="grid")  # F = 10
+    d = rql.draw(jax.random.key(0), cfg, 256, 2).depth
     np.testing.assert_allclose(d * 10, jnp.round(d * 10), atol=1e-5)
     assert 0.0 in np.asarray(d) and 1.0 in np.asarray(d)
 
 
-pytest.importorskip("ogbench")
-
-
-def test_smoke_run_on_tiny_rebuilt_data(tiny_cube_dir, tmp_path):
-    cfg = dataclasses.replace(
-        naive.Config(),
-        dataset_dir=str(tiny_cube_dir),
-        hidden=(32, 32),
-        num_critics=2,
-        batch_size=32,
-        steps=200,
-        block=100,
-        eval_every=200,
-        eval_episodes=1,
-        run_dir=str(tmp_path / "naive"),
-        progress=False,
-    )
-    run = naive.train(cfg)
-    log = flowrl.CSVLogger(run)
-    train_rows, evals = log.read("train"), log.read("eval")
-    assert [r["step"] for r in train_rows] == [100, 200]
-    assert [r["step"] for r in evals] == [0, 200]
-    assert all(0.0 <= r["success"] <= 1.0 and r["length"] > 0 for r in evals)
-    for name in ("critic_loss", "bc_loss", "actor_loss", "total_loss"):
-        assert all(np.isfinite(r[name]) for r in train_rows), name
+def test_mixed_depths_reach_the_complete_action_rarely():
     # RQL's mixed depths: only d = 0 on the grid half reaches the complete action (~1/22).
-    assert 0.0 < train_rows[-1]["env_target_fraction"] < 0.15
-    # Several seeds in one process work for every learner through flowrl.run.
-    two = naive.train(
-        dataclasses.replace(
-            cfg, seeds=(0, 1), steps=100, eval_every=100, run_dir=str(tmp_path / "naive2")
-        )
-    )
-    assert [r["step"] for r in flowrl.CSVLogger(two / "seed1").read("train")] == [100]
+    data = bimodal_bandit(n=1024)
+    cfg = naive_config(batch_size=256)
+    state = eqx.filter_jit(rql.init)(cfg, data.obs_dim, data.action_dim, jax.random.key(0))
+    batch, draws = eqx.filter_jit(rql.sample)(cfg, data, *jax.random.split(jax.random.key(1)))
+    models = (state.actor, state.critic)
+    _, m = eqx.filter_jit(rql.rql_loss)(models, state.critic_target, batch, draws, cfg)
+    assert 0.0 < float(m["env_target_fraction"]) < 0.15, m["env_target_fraction"]

@@ -9,10 +9,10 @@ import numpy as np
 import optax
 import pytest
 import rql_ogbench as rql
-from toy_data import bimodal_bandit
 
 import flowrl
-from flowrl.data import Dataset
+import flowrl.experiment as fx
+from flowrl.data.toy import bimodal_bandit, chain
 
 
 def small_config(**over):
@@ -39,12 +39,11 @@ def small_config(**over):
 
 
 def train(cfg, ds, steps):
-    hp, opt = rql.hyper(cfg), rql.make_optimizer(cfg)
-    state = rql.init_state(cfg, ds.obs_dim, cfg.horizon * ds.action_dim, jax.random.key(cfg.seed))
-    block = rql.make_block(hp, opt, cfg.block)
+    state = rql.init(cfg, ds.obs_dim, cfg.horizon * ds.action_dim, jax.random.key(cfg.seed))
+    block = fx.make_block(rql.LEARNER, cfg)
     for _ in range(steps // cfg.block):
         state, metrics = block(ds, state)
-    flowrl.check_finite(jax.device_get(metrics), 0)
+    fx.check_finite(jax.device_get(metrics), 0)
     return state
 
 
@@ -94,49 +93,16 @@ def test_rql_picks_the_better_mode_where_bc_follows_the_data(bandit):
 
 
 @pytest.fixture(scope="module")
-def chain():
+def chain_data():
     """A 6-cell chain: a > 0 moves right, a <= 0 moves left (walls at both ends). Reward -1
     per step until the right end (mask 0 there). Random behaviour from random cells. Every
     action costs -1 in cells 0..3, so only bootstrapping tells right from left there."""
-    rng = np.random.default_rng(1)
-    L, T, E = 6, 12, 600
-    rows = []
-    for _ in range(E):
-        pos = int(rng.integers(0, L - 1))
-        for t in range(T):
-            a = rng.choice([-0.6, 0.6]) + 0.05 * rng.normal()
-            nxt = min(L - 1, pos + 1) if a > 0 else max(0, pos - 1)
-            success = nxt == L - 1
-            rows.append(
-                (
-                    pos,
-                    a,
-                    nxt,
-                    0.0 if success else -1.0,
-                    0.0 if success else 1.0,
-                    1.0 if (t == T - 1 or success) else 0.0,
-                )
-            )
-            if success:
-                break
-            pos = nxt
-    pos, act, nxt, rew, mask, term = map(np.array, zip(*rows, strict=True))
-    eye = np.eye(L, dtype=np.float32)
-    return Dataset.from_arrays(
-        dict(
-            observations=eye[pos],
-            next_observations=eye[nxt],
-            actions=act[:, None].astype(np.float32),
-            rewards=rew.astype(np.float32),
-            masks=mask.astype(np.float32),
-            terminals=term.astype(np.float32),
-        )
-    )
+    return chain()
 
 
-def test_rql_bootstraps_along_a_chain(chain):
+def test_rql_bootstraps_along_a_chain(chain_data):
     cfg = small_config(discount=0.9, kappa=0.7)
-    state = train(cfg, chain, 3000)
+    state = train(cfg, chain_data, 3000)
     starts = jnp.eye(6)[jnp.array([0, 1, 2])].repeat(200, axis=0)
     actions = sample_actions(state.actor_ema, starts, jax.random.key(3))
     right = float(jnp.mean(actions[:, 0] > 0))
@@ -154,19 +120,17 @@ def test_value_term_at_reversed_points_is_the_papers_reading():
     actor's velocity there, by hand; the flow-matching term stays on the interpolant."""
     data = bimodal_bandit(n=512)
     cfg = small_config(hidden=(16, 16), batch_size=32, horizon=1)
-    hp = rql.hyper(cfg)
-    state = rql.init_state(cfg, data.obs_dim, data.action_dim, jax.random.key(0))
-    k_batch, k_draw = jax.random.split(jax.random.key(1))
-    batch = rql.sample_windows(data, k_batch, hp.batch_size, hp.horizon)
-    draws = rql.draw(k_draw, hp.batch_size, data.action_dim, hp.flow_steps)
+    state = eqx.filter_jit(rql.init)(cfg, data.obs_dim, data.action_dim, jax.random.key(0))
+    batch, draws = eqx.filter_jit(rql.sample)(cfg, data, *jax.random.split(jax.random.key(1)))
     s0, a = batch.observations[:, 0], batch.actions[:, 0]
     rev = jax.vmap(lambda s, x, d: flowrl.reverse_flow(state.actor, s, x, d, steps=10))(
         s0, a, draws.depth
     )
+    models = (state.actor, state.critic)
     terms = {
-        where: rql.actor_terms(
-            state.actor, state.critic, s0, a, rev, batch, draws, hp._replace(value_at=where)
-        )
+        where: eqx.filter_jit(rql.rql_loss)(
+            models, state.critic_target, batch, draws, dataclasses.replace(cfg, value_at=where)
+        )[1]
         for where in ("interpolant", "reversed")
     }
 
@@ -175,6 +139,9 @@ def test_value_term_at_reversed_points_is_the_papers_reading():
         return jnp.mean(state.critic(s, x + step * state.actor(s, x, t), t + step))
 
     value = -jnp.mean(batch.valid * jax.vmap(by_hand)(s0, rev.x, rev.t))
-    np.testing.assert_allclose(terms["reversed"][0], value, rtol=1e-5)
-    assert terms["reversed"][1] == terms["interpolant"][1]  # the same flow-matching loss
-    assert abs(float(terms["reversed"][0] - terms["interpolant"][0])) > 1e-4
+    np.testing.assert_allclose(terms["reversed"]["actor_loss"], value, rtol=1e-5)
+    # The same flow-matching loss, and the same critic loss (the value term moves neither).
+    assert terms["reversed"]["bc_loss"] == terms["interpolant"]["bc_loss"]
+    assert terms["reversed"]["critic_loss"] == terms["interpolant"]["critic_loss"]
+    delta = terms["reversed"]["actor_loss"] - terms["interpolant"]["actor_loss"]
+    assert abs(float(delta)) > 1e-4

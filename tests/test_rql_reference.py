@@ -46,7 +46,7 @@ def problem():
     actor_ema = ref.actor_from(z, "params/modules_target_actor", obs_dim, A, hidden)
     critic = ref.critic_from(z, "params/modules_value", obs_dim, A, hidden, k)
     target = ref.critic_from(z, "params/modules_target_value", obs_dim, A, hidden, k)
-    opt = rql.make_optimizer(cfg)
+    opt = rql.optimizer(cfg)
     state = rql.RQLState(
         actor,
         actor_ema,
@@ -66,8 +66,6 @@ def problem():
     return dict(
         z=z,
         cfg=cfg,
-        hp=rql.hyper(cfg),
-        opt=opt,
         state=state,
         draws=draws,
         batch=batch,
@@ -88,16 +86,16 @@ def test_window_flags_match(problem):
 def test_intermediates_match(problem):
     import flowrl
 
-    z, s, d, b, hp = (problem[k] for k in ("z", "state", "draws", "batch", "hp"))
+    z, s, d, b, cfg = (problem[k] for k in ("z", "state", "draws", "batch", "cfg"))
     B = b.actions.shape[0]
     a = b.actions.reshape(B, -1)
     np.testing.assert_allclose(a, z["ref/a_flat"], atol=ATOL)
     s0, sh = b.observations[:, 0], b.observations[:, -1]
-    next_qs = jax.vmap(s.critic_target)(sh, d.next_noise, jnp.zeros(B)).T
-    np.testing.assert_allclose(next_qs, z["ref/next_qs"], atol=ATOL)
-    v = flowrl.ensemble_lcb(next_qs, hp.rho)
+    next_qs = jax.vmap(s.critic_target)(sh, d.next_noise, jnp.zeros(B))  # (B, K)
+    np.testing.assert_allclose(next_qs.T, z["ref/next_qs"], atol=ATOL)  # the reference's (K, B)
+    v = flowrl.ensemble_lcb(next_qs, cfg.rho)
     np.testing.assert_allclose(v, z["ref/next_q"], atol=ATOL)
-    y = jax.vmap(lambda r, t, m, vb: flowrl.rql_window_target(r, t, m, vb, hp.discount))(
+    y = jax.vmap(lambda r, t, m, vb: flowrl.rql_window_target(r, t, m, vb, cfg.discount))(
         b.rewards, b.terminals, b.masks, v
     )
     np.testing.assert_allclose(y, z["ref/target_y"], atol=ATOL)
@@ -123,7 +121,7 @@ def test_intermediates_match(problem):
 def test_losses_match(problem):
     z, s = problem["z"], problem["state"]
     total, m = rql.rql_loss(
-        (s.actor, s.critic), s.critic_target, problem["batch"], problem["draws"], problem["hp"]
+        (s.actor, s.critic), s.critic_target, problem["batch"], problem["draws"], problem["cfg"]
     )
     for name in ("critic_loss", "bc_loss", "actor_loss", "total_loss"):
         np.testing.assert_allclose(m[name], z[f"ref/{name}"], atol=ATOL, rtol=1e-6, err_msg=name)
@@ -133,7 +131,7 @@ def test_losses_match(problem):
 def test_gradients_match(problem):
     z, s = problem["z"], problem["state"]
     grads, _ = eqx.filter_grad(rql.rql_loss, has_aux=True)(
-        (s.actor, s.critic), s.critic_target, problem["batch"], problem["draws"], problem["hp"]
+        (s.actor, s.critic), s.critic_target, problem["batch"], problem["draws"], problem["cfg"]
     )
     got = {
         **ref.actor_to_flax(grads[0], "grads/modules_actor"),
@@ -146,9 +144,7 @@ def test_gradients_match(problem):
 
 def test_parameters_after_one_update_match(problem):
     z = problem["z"]
-    new, _ = rql.update(
-        problem["state"], problem["batch"], problem["draws"], problem["hp"], problem["opt"]
-    )
+    new, _ = rql.update(problem["state"], problem["batch"], problem["draws"], problem["cfg"])
     got = {
         **ref.actor_to_flax(new.actor, "params_after_update/modules_actor"),
         **ref.critic_to_flax(new.critic, "params_after_update/modules_value"),
