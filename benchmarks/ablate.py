@@ -9,6 +9,14 @@ A B, ...). Drift of the machine (a few percent over minutes on a shared host) th
 alike; the paired ratio `A time / B time` is printed with its spread. A ratio above 1 means B
 is faster.
 
+A is the example's learner (`rql`, loaded by `flowrl.experiment.load_learners`), B a variant of
+it, `dataclasses.replace(learner, step=..., init=...)`, and both blocks are
+`flowrl.experiment.make_block`'s. Nothing in flowrl or in the example is patched: a variant is
+composed here from their public parts, a loss without one of its terms (`ablated_loss`), an
+update with another optimizer or without the ordering (`update_with`), or a critic with the
+library critic's parameters and other maths (`VariantCritic`: the state's critic and target
+critic are converted to it after `init`, and the example's unchanged loss calls it).
+
 Variants that REMOVE a part (wrong maths; they measure what that part costs in wall time):
 
 - `no-reversal`: the critic is trained at the dataset actions (t = 1), no flow reversal.
@@ -39,84 +47,229 @@ Variants that keep the maths (candidate optimisations, same results up to roundi
 
 Variant that UNDOES an adopted optimisation (same maths; A over B shows what it gains):
 
-- `unordered`: `flowrl.optimizer_step` without its `flowrl.order_after`, so XLA copies the
-  carried weights every step (nine weight matrices, 70 MB per update at the paper size).
+- `unordered`: the update's optimizer step without `flowrl.order_after` (the plain optax step,
+  `eqx.apply_updates` and `flowrl.polyak_update`, which is what `flowrl.optimizer_step` does
+  without the ordering), so XLA copies the carried weights every step (nine weight matrices,
+  70 MB per update at the paper size).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import throughput  # benchmarks/ is on sys.path: this script's own directory
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import throughput  # noqa: E402
+import flowrl
+import flowrl.experiment as fx
 
-import flowrl  # noqa: E402
-import flowrl._critics as critics  # noqa: E402
-import flowrl._experiment as experiment  # noqa: E402
-
-rql = throughput.rql
-
-
-def _no_reversal():
-    def identity(actor, s, x, depth, **kwargs):
-        return flowrl.Reversal(x, jnp.ones(()), jnp.zeros(()))
-
-    rql.flowrl = _Namespace(rql.flowrl, reverse_flow=identity)
+RQL = throughput.LEARNERS["rql"]
+rql = sys.modules[RQL.step.__module__]  # examples/rql_ogbench.py, as fx.load_learners loaded it
 
 
-def _no_target():
-    class Zero:  # a "target critic" that values everything at 0
-        def __init__(self, critic):
-            self.num_members = critic.num_members
-
-        def __call__(self, s, x, t):
-            return jnp.zeros((self.num_members,)) + 0.0 * s[0]
-
-    target = rql.env_target
-    rql.env_target = lambda critic_target, *args: target(Zero(critic_target), *args)
+# ----------------------------------------------------------------------------------------
+# The update, composed from the example's public functions, with parts that can be removed.
+# With every part kept it is the example's update (tests/test_benchmarks.py).
+# ----------------------------------------------------------------------------------------
 
 
-def _no_one_hop():
-    def zero(critic, s, x, t, u, **kwargs):
-        return 0.0 * jnp.sum(u)
+class ZeroCritic:
+    """A "target critic" that values everything at 0 (no forward pass)."""
 
-    rql.flowrl = _Namespace(rql.flowrl, one_hop_value_loss=zero)
+    def __init__(self, num_members: int):
+        self.num_members = num_members
 
-
-def _sgd_no_targets():
-    import optax
-
-    rql.make_optimizer = lambda cfg: optax.sgd(cfg.lr)
-    keep = lambda online, target, tau: target  # noqa: E731
-    experiment.polyak_update = keep  # what flowrl.optimizer_step calls
+    def __call__(self, s, x, t):
+        return jnp.zeros((self.num_members,)) + 0.0 * s[0]
 
 
-def _critic_without(gelu: bool, layer_norm: bool):
-    def members_apply(members, z):
-        h, last = z, len(members.layers) - 1
-        for i, layer in enumerate(members.layers):
-            h = jnp.einsum("i,koi->ko" if i == 0 else "ki,koi->ko", h, layer.weight) + layer.bias
-            if i < last and not gelu:
-                h = jax.nn.gelu(h)
-            if i < last and not layer_norm:
-                h = critics._layer_norm(h, members.norms[i])
-        return h[:, 0]
+def ablated_loss(
+    models, critic_target, batch, draws, cfg, *, reversal=True, target=True, one_hop=True
+):
+    """`rql.rql_loss` with the flow reversal (`reversal=False`: the critic at the dataset
+    chunk, t = 1), the target critic (`target=False`: bootstrap value 0) or the one-hop value
+    term (`one_hop=False`: actor term 0) removed."""
+    actor, critic = models
+    B, h, A_env = batch.actions.shape
+    a = batch.actions.reshape(B, h * A_env)
+    s0, s_h = batch.observations[:, 0], batch.observations[:, -1]
 
-    critics._members_apply = members_apply
+    if reversal:
+        rev = jax.vmap(
+            lambda s, x, d: flowrl.reverse_flow(
+                actor, s, x, d, steps=cfg.flow_steps, method=cfg.reversal
+            )
+        )(s0, a, draws.depth)
+    else:
+        rev = flowrl.Reversal(a, jnp.ones((B,)), jnp.zeros((B,)))
+    valued_by = critic_target if target else ZeroCritic(critic_target.num_members)
+    y = rql.critic_targets(actor, valued_by, s0, s_h, rev, batch, draws, cfg)
+    y = jax.lax.stop_gradient(y)
+    q = jax.vmap(critic)(s0, rev.x, rev.t)
+    critic_loss = flowrl.ensemble_expectile_loss(q, y, batch.valid, cfg.kappa)
+
+    chunk_mask = jnp.repeat(batch.action_mask, A_env, axis=1)
+    bc_loss, x_t, u = flowrl.flow_matching_batch(actor, s0, a, draws.x0, draws.t, chunk_mask)
+    x_v, t_v, u_v = x_t, draws.t, u
+    if cfg.value_at == "reversed":
+        x_v, t_v = rev.x, rev.t
+        u_v = jax.vmap(actor)(s0, x_v, t_v)
+    if one_hop:
+        actor_loss = flowrl.one_hop_actor_loss(
+            critic, s0, x_v, t_v, u_v, batch.valid, steps=cfg.flow_steps
+        )
+    else:
+        actor_loss = 0.0 * jnp.mean(u_v)
+
+    total = actor_loss + cfg.alpha * bc_loss + critic_loss
+    metrics = dict(
+        total_loss=total,
+        critic_loss=critic_loss,
+        actor_loss=actor_loss,
+        bc_loss=bc_loss,
+        q_mean=jnp.mean(q),
+        target_mean=jnp.mean(y),
+    )
+    if cfg.critic_target == "expanded":
+        metrics["env_target_fraction"] = jnp.mean((rev.t >= 1.0).astype(jnp.float32))
+    return total, metrics
 
 
-def _member_major():
+def update_with(loss=rql.rql_loss, optimizer=rql.optimizer, *, targets=True, ordered=True):
+    """`rql.update` with another loss or optimizer, without the target-critic and EMA updates
+    (`targets=False`), or without `flowrl.order_after` (`ordered=False`: the plain optax step
+    and `flowrl.polyak_update`, what `flowrl.optimizer_step` does without the ordering)."""
+
+    def update(state, batch, draws, cfg):
+        models = (state.actor, state.critic)
+        grads, metrics = eqx.filter_grad(loss, has_aux=True)(
+            models, state.critic_target, batch, draws, cfg
+        )
+        opt = optimizer(cfg)
+        pairs = [
+            (state.critic, state.critic_target, cfg.tau),
+            (state.actor, state.actor_ema, 1.0 - cfg.ema),
+        ]
+        pairs = pairs if targets else []
+        if ordered:
+            (actor, critic), opt_state, moved = flowrl.optimizer_step(
+                models, grads, opt, state.opt_state, targets=pairs
+            )
+        else:
+            moved = [flowrl.polyak_update(online, old, tau) for online, old, tau in pairs]
+            params = eqx.filter(models, eqx.is_inexact_array)
+            updates, opt_state = opt.update(grads, state.opt_state, params)
+            actor, critic = eqx.apply_updates(models, updates)
+        critic_target, actor_ema = moved if targets else (state.critic_target, state.actor_ema)
+        new = dataclasses.replace(
+            state,
+            actor=actor,
+            actor_ema=actor_ema,
+            critic=critic,
+            critic_target=critic_target,
+            opt_state=opt_state,
+            step=state.step + 1,
+        )
+        return new, metrics
+
+    return update
+
+
+def step_with(update):
+    """`rql.step` calling `update`: sample a batch and the draws on device, then update."""
+
+    def step(cfg, state, dataset):
+        key, k_batch, k_draw = jax.random.split(state.key, 3)
+        batch, draws = rql.sample(cfg, dataset, k_batch, k_draw)
+        return update(dataclasses.replace(state, key=key), batch, draws, cfg)
+
+    return step
+
+
+def _sgd_init(cfg, obs_dim, action_dim, key):
+    state = rql.init(cfg, obs_dim, action_dim, key)
+    params = eqx.filter((state.actor, state.critic), eqx.is_inexact_array)
+    return dataclasses.replace(state, opt_state=optax.sgd(cfg.lr).init(params))
+
+
+# ----------------------------------------------------------------------------------------
+# The critic: flowrl.JointCritic's parameters (the same pytree of members) under another
+# `apply`. The library's maths, written from the members' public fields ...
+# ----------------------------------------------------------------------------------------
+
+
+def layer_norm(h, norm):
+    """eqx.nn.LayerNorm's maths over the last axis, for K stacked members at once."""
+    mean = jnp.mean(h, axis=-1, keepdims=True)
+    centred = h - mean
+    var = jnp.mean(centred * centred, axis=-1, keepdims=True)
+    return centred * jax.lax.rsqrt(var + norm.eps) * norm.weight + norm.bias
+
+
+def members_apply(members, z, *, gelu=jax.nn.gelu, norm=layer_norm, weights="out-in"):
+    """Every member of a stacked `flowrl.MLP` on the same input, `(K,)`, as explicit ensemble
+    einsums (the library critic's maths); `gelu` or `norm` None leaves that part out, and
+    `weights="in-out"` reads weights stored `(K, in, out)`."""
+    h, last = z, len(members.layers) - 1
+    w = "koi->ko" if weights == "out-in" else "kio->ko"
+    for i, layer in enumerate(members.layers):
+        h = jnp.einsum(("i," if i == 0 else "ki,") + w, h, layer.weight) + layer.bias
+        if i < last:
+            if gelu is not None:
+                h = gelu(h)
+            if norm is not None and members.layer_norm:
+                h = norm(h, members.norms[i])
+    return h[:, 0]
+
+
+class VariantCritic(eqx.Module):
+    """A joint critic `Q(s, x, t) -> (K,)` with `flowrl.JointCritic`'s parameters (`members`)
+    and its own `apply(members, concat(s, x, t))`."""
+
+    members: flowrl.MLP
+    num_members: int = eqx.field(static=True)
+    apply: Callable = eqx.field(static=True)
+
+    def __call__(self, s, x, t):
+        t = jnp.asarray(t, jnp.float32).reshape((1,))
+        return self.apply(self.members, jnp.concatenate([s, x, t]))
+
+
+class CriticVariant(NamedTuple):
+    apply: Callable  # (members, z) -> (K,)
+    convert: Callable = lambda members: members  # the library's members -> this layout
+
+
+def variant_critic(critic: flowrl.JointCritic, variant: CriticVariant) -> VariantCritic:
+    """`critic` (a `flowrl.JointCritic`) as a `VariantCritic` computing with `variant`."""
+    return VariantCritic(variant.convert(critic.members), critic.num_members, variant.apply)
+
+
+# ... and the variants.
+
+
+def _without(gelu: bool, norm: bool):
+    def apply(members, z):
+        return members_apply(
+            members, z, gelu=jax.nn.gelu if gelu else None, norm=layer_norm if norm else None
+        )
+
+    return apply
+
+
+def _member_major_apply(members, z):
     from jax.custom_batching import custom_vmap
 
-    def layer_norm(h, norm):
+    def member_norm(h, norm):
         mean = h.mean(-1, keepdims=True)
         centred = h - mean
         var = jnp.mean(centred * centred, -1, keepdims=True)
@@ -131,173 +284,166 @@ def _member_major():
             if i < last:
                 h = jax.nn.gelu(h)
                 if members.layer_norm:
-                    h = layer_norm(h, members.norms[i])
+                    h = member_norm(h, members.norms[i])
         return h[..., 0].T
 
-    per_example = critics._members_apply
+    params, static = eqx.partition(members, eqx.is_array)
 
-    def members_apply(members, z):
-        params, static = eqx.partition(members, eqx.is_array)
+    @custom_vmap
+    def apply(params, z):
+        return members_apply(eqx.combine(params, static), z)
 
-        @custom_vmap
-        def apply(params, z):
-            return per_example(eqx.combine(params, static), z)
+    @apply.def_vmap
+    def rule(axis_size, in_batched, params, z):
+        if any(jax.tree.leaves(in_batched[0])) or not in_batched[1]:
+            raise NotImplementedError("member-major: only the batch axis may be vmapped")
+        return batched(eqx.combine(params, static), z), True
 
-        @apply.def_vmap
-        def rule(axis_size, in_batched, params, z):
-            if any(jax.tree.leaves(in_batched[0])) or not in_batched[1]:
-                raise NotImplementedError("member-major: only the batch axis may be vmapped")
-            return batched(eqx.combine(params, static), z), True
-
-        return apply(params, z)
-
-    critics._members_apply = members_apply
+    return apply(params, z)
 
 
-def _fast_variance():
-    def layer_norm(h, norm):
-        mean = jnp.mean(h, axis=-1, keepdims=True)
-        var = jnp.maximum(jnp.mean(h * h, axis=-1, keepdims=True) - mean * mean, 0.0)
-        return (h - mean) * jax.lax.rsqrt(var + norm.eps) * norm.weight + norm.bias
-
-    critics._layer_norm = layer_norm
+def _fast_variance_norm(h, norm):
+    mean = jnp.mean(h, axis=-1, keepdims=True)
+    var = jnp.maximum(jnp.mean(h * h, axis=-1, keepdims=True) - mean * mean, 0.0)
+    return (h - mean) * jax.lax.rsqrt(var + norm.eps) * norm.weight + norm.bias
 
 
-def _layernorm_vjp():
-    @jax.custom_vjp
-    def layer_norm(h, weight, bias, eps):
-        return _normalise(h, eps)[0] * weight + bias
-
-    def _normalise(h, eps):
-        centred = h - jnp.mean(h, -1, keepdims=True)
-        rstd = jax.lax.rsqrt(jnp.mean(centred * centred, -1, keepdims=True) + eps)
-        return centred * rstd, rstd
-
-    def forward(h, weight, bias, eps):
-        xhat, rstd = _normalise(h, eps)
-        return xhat * weight + bias, (xhat, rstd, weight)
-
-    def backward(res, dy):
-        xhat, rstd, weight = res
-        g = dy * weight
-        mean_g = jnp.mean(g, -1, keepdims=True)
-        dx = rstd * (g - mean_g - xhat * jnp.mean(g * xhat, -1, keepdims=True))
-        return dx, dy * xhat, dy, None
-
-    layer_norm.defvjp(forward, backward)
-    critics._layer_norm = lambda h, norm: layer_norm(h, norm.weight, norm.bias, norm.eps)
+def _normalise(h, eps):
+    centred = h - jnp.mean(h, -1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.mean(centred * centred, -1, keepdims=True) + eps)
+    return centred * rstd, rstd
 
 
-def _sigmoid_gelu():
-    scale, cubic = float(2.0 * np.sqrt(2.0 / np.pi)), 0.044715
-
-    @jax.custom_jvp
-    def gelu(x):
-        return x * jax.nn.sigmoid(scale * (x + cubic * x * x * x))
-
-    @gelu.defjvp
-    def gelu_jvp(primals, tangents):
-        (x,), (dx,) = primals, tangents
-        s = jax.nn.sigmoid(scale * (x + cubic * x * x * x))
-        slope = s + x * s * (1.0 - s) * scale * (1.0 + 3.0 * cubic * x * x)
-        return x * s, slope * dx
-
-    critics.jax = _Namespace(jax, nn=_Namespace(jax.nn, gelu=gelu))
+@jax.custom_vjp
+def _layer_norm_vjp(h, weight, bias, eps):
+    return _normalise(h, eps)[0] * weight + bias
 
 
-def _weights_in_out():
-    def members_apply(members, z):
-        h, last = z, len(members.layers) - 1
-        for i, layer in enumerate(members.layers):
-            h = jnp.einsum("i,kio->ko" if i == 0 else "ki,kio->ko", h, layer.weight) + layer.bias
-            if i < last:
-                h = critics._layer_norm(jax.nn.gelu(h), members.norms[i])
-        return h[:, 0]
+def _layer_norm_forward(h, weight, bias, eps):
+    xhat, rstd = _normalise(h, eps)
+    return xhat * weight + bias, (xhat, rstd, weight)
 
-    def transposed(critic):
-        layers = critic.members.layers
-        return eqx.tree_at(
-            lambda c: [layer.weight for layer in c.members.layers],
-            critic,
-            [jnp.swapaxes(layer.weight, 1, 2) for layer in layers],
+
+def _layer_norm_backward(res, dy):
+    xhat, rstd, weight = res
+    g = dy * weight
+    mean_g = jnp.mean(g, -1, keepdims=True)
+    dx = rstd * (g - mean_g - xhat * jnp.mean(g * xhat, -1, keepdims=True))
+    return dx, dy * xhat, dy, None
+
+
+_layer_norm_vjp.defvjp(_layer_norm_forward, _layer_norm_backward)
+
+_SCALE, _CUBIC = float(2.0 * np.sqrt(2.0 / np.pi)), 0.044715
+
+
+@jax.custom_jvp
+def _sigmoid_gelu(x):
+    return x * jax.nn.sigmoid(_SCALE * (x + _CUBIC * x * x * x))
+
+
+@_sigmoid_gelu.defjvp
+def _sigmoid_gelu_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    s = jax.nn.sigmoid(_SCALE * (x + _CUBIC * x * x * x))
+    slope = s + x * s * (1.0 - s) * _SCALE * (1.0 + 3.0 * _CUBIC * x * x)
+    return x * s, slope * dx
+
+
+def _transposed(members):
+    return eqx.tree_at(
+        lambda m: [layer.weight for layer in m.layers],
+        members,
+        [jnp.swapaxes(layer.weight, 1, 2) for layer in members.layers],
+    )
+
+
+_remat = eqx.filter_checkpoint(members_apply, policy=jax.checkpoint_policies.dots_saveable)
+
+
+@jax.checkpoint
+def _checkpointed_activation(h, bias, norm):
+    return layer_norm(jax.nn.gelu(h + bias), norm)
+
+
+def _remat_activations_apply(members, z):
+    h, last = z, len(members.layers) - 1
+    for i, layer in enumerate(members.layers):
+        h = jnp.einsum("i,koi->ko" if i == 0 else "ki,koi->ko", h, layer.weight)
+        if i < last:
+            h = _checkpointed_activation(h, layer.bias, members.norms[i])
+    return h[:, 0] + members.layers[-1].bias[:, 0]
+
+
+CRITIC_VARIANTS = {
+    "no-critic-elementwise": CriticVariant(_without(gelu=False, norm=False)),
+    "no-critic-gelu": CriticVariant(_without(gelu=False, norm=True)),
+    "no-critic-layernorm": CriticVariant(_without(gelu=True, norm=False)),
+    "member-major": CriticVariant(_member_major_apply),
+    "fast-variance": CriticVariant(lambda m, z: members_apply(m, z, norm=_fast_variance_norm)),
+    "layernorm-vjp": CriticVariant(
+        lambda m, z: members_apply(
+            m, z, norm=lambda h, n: _layer_norm_vjp(h, n.weight, n.bias, n.eps)
         )
-
-    init = rql.init_state
-
-    def init_state(cfg, obs_dim, action_dim, key):
-        state = init(cfg, obs_dim, action_dim, key)
-        critic, target = transposed(state.critic), transposed(state.critic_target)
-        params = eqx.filter((state.actor, critic), eqx.is_inexact_array)
-        return eqx.tree_at(
-            lambda s: (s.critic, s.critic_target, s.opt_state),
-            state,
-            (critic, target, rql.make_optimizer(cfg).init(params)),
-        )
-
-    critics._members_apply = members_apply
-    rql.init_state = init_state
-
-
-def _remat():
-    apply = critics._members_apply
-    policy = jax.checkpoint_policies.dots_saveable
-    critics._members_apply = eqx.filter_checkpoint(apply, policy=policy)
-
-
-def _remat_activations():
-    @jax.checkpoint
-    def activation(h, bias, norm):
-        return critics._layer_norm(jax.nn.gelu(h + bias), norm)
-
-    def members_apply(members, z):
-        h, last = z, len(members.layers) - 1
-        for i, layer in enumerate(members.layers):
-            h = jnp.einsum("i,koi->ko" if i == 0 else "ki,koi->ko", h, layer.weight)
-            if i < last:
-                h = activation(h, layer.bias, members.norms[i])
-        return h[:, 0] + members.layers[-1].bias[:, 0]
-
-    critics._members_apply = members_apply
-
-
-class _Namespace:
-    """`module` with some attributes replaced (the example looks them up at trace time)."""
-
-    def __init__(self, module, **replaced):
-        self._module, self._replaced = module, replaced
-
-    def __getattr__(self, name):
-        return self._replaced.get(name, getattr(self._module, name))
-
-
-def _unordered():
-    experiment.order_after = lambda tree, deps: tree  # what flowrl.optimizer_step calls
-
-
-VARIANTS = {
-    "none": lambda: None,
-    "unordered": _unordered,
-    "no-reversal": _no_reversal,
-    "no-target": _no_target,
-    "no-one-hop": _no_one_hop,
-    "sgd-no-targets": _sgd_no_targets,
-    "no-critic-elementwise": lambda: _critic_without(gelu=True, layer_norm=True),
-    "no-critic-gelu": lambda: _critic_without(gelu=True, layer_norm=False),
-    "no-critic-layernorm": lambda: _critic_without(gelu=False, layer_norm=True),
-    "member-major": _member_major,
-    "fast-variance": _fast_variance,
-    "layernorm-vjp": _layernorm_vjp,
-    "sigmoid-gelu": _sigmoid_gelu,
-    "weights-in-out": _weights_in_out,
-    "remat": _remat,
-    "remat-activations": _remat_activations,
+    ),
+    "sigmoid-gelu": CriticVariant(lambda m, z: members_apply(m, z, gelu=_sigmoid_gelu)),
+    "weights-in-out": CriticVariant(
+        lambda m, z: members_apply(m, z, weights="in-out"), convert=_transposed
+    ),
+    "remat": CriticVariant(lambda m, z: _remat(m, z)),
+    "remat-activations": CriticVariant(_remat_activations_apply),
 }
 
 
-def build(case: str, block: int):
-    cfg, hp, opt, ds = throughput.case_config(case, block)
-    state = throughput.init_states(cfg, ds, 1)
-    fn = rql.make_block(hp, opt, block)
+def critic_init(variant: CriticVariant):
+    """`rql.init`, then the online and target critics converted to `variant` (and the
+    optimizer state initialised for them: the same zeros, on their pytree)."""
+
+    def init(cfg, obs_dim, action_dim, key):
+        state = rql.init(cfg, obs_dim, action_dim, key)
+        critic = variant_critic(state.critic, variant)
+        target = variant_critic(state.critic_target, variant)
+        params = eqx.filter((state.actor, critic), eqx.is_inexact_array)
+        opt_state = rql.optimizer(cfg).init(params)
+        return dataclasses.replace(state, critic=critic, critic_target=target, opt_state=opt_state)
+
+    return init
+
+
+def _loss_without(**removed):
+    return lambda *args: ablated_loss(*args, **removed)
+
+
+# Each variant's learner: the example's, with `step` and/or `init` replaced (the example's
+# unchanged `rql_loss` calls a variant critic through `jax.vmap(critic)(...)`).
+VARIANTS: dict[str, Callable[[], fx.Learner]] = {
+    "none": lambda: RQL,
+    "unordered": lambda: dataclasses.replace(RQL, step=step_with(update_with(ordered=False))),
+    "no-reversal": lambda: dataclasses.replace(
+        RQL, step=step_with(update_with(_loss_without(reversal=False)))
+    ),
+    "no-target": lambda: dataclasses.replace(
+        RQL, step=step_with(update_with(_loss_without(target=False)))
+    ),
+    "no-one-hop": lambda: dataclasses.replace(
+        RQL, step=step_with(update_with(_loss_without(one_hop=False)))
+    ),
+    "sgd-no-targets": lambda: dataclasses.replace(
+        RQL,
+        step=step_with(update_with(optimizer=lambda cfg: optax.sgd(cfg.lr), targets=False)),
+        init=_sgd_init,
+    ),
+    **{
+        name: (lambda variant=variant: dataclasses.replace(RQL, init=critic_init(variant)))
+        for name, variant in CRITIC_VARIANTS.items()
+    },
+}
+
+
+def build(learner: fx.Learner, case: str, block: int):
+    cfg, ds = throughput.case_config(learner, case, block)
+    state = throughput.init_states(learner, cfg, ds, 1)
+    fn = fx.make_block(learner, cfg)
     for _ in range(2):  # compile, then one warm call
         state, metrics = fn(ds, state)
         jax.block_until_ready(metrics)
@@ -314,9 +460,8 @@ def main() -> None:
     if args.block < 1 or args.rounds < 1:
         parser.error("--block and --rounds must be >= 1")
 
-    runs = [list(build(args.case, args.block))]
-    VARIANTS[args.variant]()
-    runs.append(list(build(args.case, args.block)))
+    runs = [list(build(RQL, args.case, args.block))]
+    runs.append(list(build(VARIANTS[args.variant](), args.case, args.block)))
     times: list[list[float]] = [[], []]
     for r in range(args.rounds):
         for which in (0, 1) if r % 2 == 0 else (1, 0):

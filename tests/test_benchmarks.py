@@ -10,6 +10,10 @@ from pathlib import Path
 
 import jax
 import pytest
+from hlo_text import carried_copies
+
+import flowrl
+import flowrl.experiment as fx
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,8 +93,6 @@ def _nbytes(tree) -> int:
 
 
 def test_block_memory_counts_the_inputs_and_the_donated_state_once(throughput, rql):
-    import flowrl.experiment as fx
-
     cfg, ds = throughput.case_config(rql, "cpu-default", block=2)
     state = throughput.init_states(rql, cfg, ds, 1)
     fn = fx.make_block(rql, cfg)  # the block throughput.py times
@@ -131,8 +133,10 @@ def test_the_benchmark_runs_with_only_the_core_dependencies(one_seed_flops):
     assert float(result.stdout.split()[-1]) == pytest.approx(one_seed_flops, rel=0.01)
 
 
-# The variants of benchmarks/ablate.py that claim to keep the maths (docs/benchmarks.md).
+# The variants of benchmarks/ablate.py that claim to keep the maths (docs/benchmarks.md), and
+# (None) ablate.py's own copy of the library critic's maths that several of them build on.
 SAME_MATHS = [
+    None,
     "member-major",
     "fast-variance",
     "layernorm-vjp",
@@ -142,13 +146,8 @@ SAME_MATHS = [
 ]
 
 
-@pytest.mark.parametrize("variant", SAME_MATHS)
-def test_same_maths_variants_keep_the_critics_values_and_gradients(ablate, monkeypatch, variant):
-    import flowrl
-
-    critics = ablate.critics
-    for name in ("_members_apply", "_layer_norm", "jax"):  # what the variants replace
-        monkeypatch.setattr(critics, name, getattr(critics, name))
+@pytest.mark.parametrize("variant", SAME_MATHS, ids=lambda v: v or "reference")
+def test_same_maths_variants_keep_the_critics_values_and_gradients(ablate, variant):
     keys = jax.random.split(jax.random.PRNGKey(3), 5)
     critic = flowrl.joint_critic(5, 3, hidden_sizes=(16, 16), num_members=4, key=keys[0])
     # Biases start at 0 and LayerNorms at (1, 0): move every array so that each one counts.
@@ -165,8 +164,12 @@ def test_same_maths_variants_keep_the_critics_values_and_gradients(ablate, monke
         return jax.numpy.sum(weights * jax.vmap(c)(s, x, t) ** 2)
 
     value, grads = jax.value_and_grad(loss)(critic)
-    ablate.VARIANTS[variant]()
-    value_b, grads_b = jax.value_and_grad(loss)(critic)
+    spec = (
+        ablate.CRITIC_VARIANTS[variant] if variant else ablate.CriticVariant(ablate.members_apply)
+    )
+    variant_critic = ablate.variant_critic(critic, spec)
+    assert isinstance(variant_critic, ablate.VariantCritic)  # not the library's class
+    value_b, grads_b = jax.value_and_grad(loss)(variant_critic)
     assert float(value_b) == pytest.approx(float(value), rel=1e-5)
     leaves, leaves_b = jax.tree.leaves(grads), jax.tree.leaves(grads_b)
     assert len(leaves) == len(leaves_b) == 10  # 3 linear layers and 2 LayerNorms, 2 arrays each
@@ -174,3 +177,69 @@ def test_same_maths_variants_keep_the_critics_values_and_gradients(ablate, monke
         scale = float(jax.numpy.max(jax.numpy.abs(g)))
         assert scale > 1.0
         assert float(jax.numpy.max(jax.numpy.abs(g_b - g))) <= 1e-5 * scale
+
+
+@pytest.fixture(scope="module")
+def tiny(ablate, throughput):
+    """A test-size RQL config (blocks of 2 updates: XLA unrolls a loop of 1) and synthetic data."""
+    rql = ablate.rql
+    cfg = rql.Config(hidden=(16, 16), num_critics=2, batch_size=8, horizon=2, block=2)
+    cfg = rql.resolve(dataclasses.replace(cfg, steps=2, eval_every=2))
+    return cfg, throughput.synthetic_dataset(5, 2, n=2000)
+
+
+def test_the_ablation_update_with_every_part_kept_is_the_examples_step(ablate, tiny):
+    # The removal variants change ablate.py's copy of the loss and the update; with nothing
+    # removed the copy must be the example's step (so B differs from A only in what it removes).
+    cfg, ds = tiny
+    state = ablate.RQL.init(cfg, ds.obs_dim, cfg.horizon * ds.action_dim, jax.random.key(1))
+    # The targets start as copies of the online networks; move them so their updates count.
+    nudge = lambda tree: jax.tree.map(lambda x: x + 0.01 * jax.numpy.cos(x), tree)  # noqa: E731
+    state = dataclasses.replace(
+        state, actor_ema=nudge(state.actor_ema), critic_target=nudge(state.critic_target)
+    )
+    ours = ablate.step_with(ablate.update_with(ablate._loss_without()))
+    step = jax.jit(lambda st, f: f(cfg, st, ds), static_argnums=1)
+    new, metrics = step(state, ablate.RQL.step)
+    new_b, metrics_b = step(state, ours)
+    assert metrics.keys() == metrics_b.keys()
+    leaves, leaves_b = jax.tree.leaves((new, metrics)), jax.tree.leaves((new_b, metrics_b))
+    assert len(leaves) == len(leaves_b)
+    keys = jax.dtypes.prng_key
+    for x, y in zip(leaves, leaves_b, strict=True):
+        if jax.numpy.issubdtype(x.dtype, keys):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        assert jax.numpy.allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+def test_every_ablation_variant_traces_to_the_examples_state(ablate, tiny):
+    # Each variant's step, traced (not compiled), keeps the state's shapes and the metrics.
+    cfg, ds = tiny
+    dims = (ds.obs_dim, cfg.horizon * ds.action_dim)
+    a_state = ablate.RQL.init(cfg, *dims, jax.random.key(0))
+    _, a_metrics = jax.eval_shape(lambda st: ablate.RQL.step(cfg, st, ds), a_state)
+    shapes = lambda tree: [x.shape for x in jax.tree.leaves(tree)]  # noqa: E731
+    for name, make in ablate.VARIANTS.items():
+        learner = make()
+        state = learner.init(cfg, *dims, jax.random.key(0))
+        new, metrics = jax.eval_shape(lambda st, f=learner.step: f(cfg, st, ds), state)
+        assert shapes(new) == shapes(state), name
+        assert metrics.keys() == a_metrics.keys(), name
+        if name in ablate.CRITIC_VARIANTS:
+            assert isinstance(new.critic, ablate.VariantCritic), name
+            assert isinstance(new.critic_target, ablate.VariantCritic), name
+
+
+def test_the_unordered_variant_copies_the_carried_weights_and_the_example_does_not(ablate, tiny):
+    # `unordered` undoes flowrl.order_after: XLA then copies the hidden weight matrices out of
+    # the block's carried state on every step (the effect ablate.py measures).
+    cfg, ds = tiny
+    hidden = {(16, 16), (2, 16, 16)}  # the actor's and the critic ensemble's hidden weights
+    copied = {}
+    for name in ("none", "unordered"):
+        learner = ablate.VARIANTS[name]()
+        state = learner.init(cfg, ds.obs_dim, cfg.horizon * ds.action_dim, jax.random.key(0))
+        block = fx.make_block(learner, cfg).lower(ds, state).compile()
+        copied[name] = set(carried_copies(block.compiled.as_text()))
+    assert not hidden & copied["none"], copied["none"]
+    assert hidden <= copied["unordered"], copied["unordered"]
