@@ -1,12 +1,14 @@
-"""Where the time of one RQL update goes, by source line of the example (forward / backward,
-matmul / other).
+"""Where the time of one update goes (RQL's by default), by source line of the learner's file
+(forward / backward, matmul / other).
 
     python benchmarks/profile_step.py                         # paper size, manipulation shapes
     python benchmarks/profile_step.py --case paper-loco --block 5 --top 30
+    python benchmarks/profile_step.py --learner fql           # another registered learner
 
-It runs the example's jitted training block (the same one `throughput.py` times) under
-`jax.profiler.trace`, with XLA's dump of the compiled program, and charges every executed XLA
-operation to the line of `examples/rql_ogbench.py` it came from (XLA keeps the Python stack of
+It runs the learner's jitted training block (`flowrl.experiment.make_block`, the same one
+`throughput.py` times) under `jax.profiler.trace`, with XLA's dump of the compiled program, and
+charges every executed XLA operation to the line of the learner's file (`examples/rql_ogbench.py`
+for `rql`) it came from (XLA keeps the Python stack of
 each operation; a backward operation keeps the line of its forward one). Operations run on
 several threads at once, so "op ms" add up to more than the wall time: the table also prints
 the op time over wall time x cores, an estimate of how busy the cores were (threads waiting
@@ -29,13 +31,13 @@ import argparse
 import atexit
 import glob
 import gzip
+import inspect
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -46,9 +48,9 @@ atexit.register(shutil.rmtree, DUMP, ignore_errors=True)
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={DUMP}".strip()
 
 import jax  # noqa: E402
+import throughput  # noqa: E402  (benchmarks/ is on sys.path: this script's own directory)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import throughput  # noqa: E402
+import flowrl.experiment as fx  # noqa: E402
 
 CONTROL = {"while", "call", "conditional", "tuple", "get-tuple-element", "parameter", "bitcast"}
 DOTS = ("dot", "ynn_fusion", "xnn_fusion", "onednn")
@@ -177,7 +179,10 @@ def source_text(path: str, line: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="RQL update profile by source line")
+    parser = argparse.ArgumentParser(description="a learner's update profile by source line")
+    parser.add_argument(
+        "--learner", default="rql", choices=sorted(throughput.LEARNERS), help="a registered learner"
+    )
     parser.add_argument("--case", default="paper-manip", choices=list(throughput.CASES))
     parser.add_argument("--block", type=int, default=5, help="updates per jitted call")
     parser.add_argument("--calls", type=int, default=2, help="block calls traced")
@@ -191,9 +196,10 @@ def main() -> None:
     if args.perf is not None and (args.perf <= 0 or shutil.which("perf") is None):
         parser.error("--perf needs a positive number of seconds and the Linux `perf` tool")
 
-    cfg, hp, opt, ds = throughput.case_config(args.case, args.block)
-    state = throughput.init_states(cfg, ds, 1)
-    fn = throughput.rql.make_block(hp, opt, args.block)
+    learner = fx.get_learner(args.learner)
+    cfg, ds = throughput.case_config(learner, args.case, args.block)
+    state = throughput.init_states(learner, cfg, ds, 1)
+    fn = fx.make_block(learner, cfg)
     for _ in range(2):  # compile, then one warm call
         state, metrics = fn(ds, state)
         jax.block_until_ready(metrics)
@@ -213,7 +219,7 @@ def main() -> None:
     traces = glob.glob(f"{trace_dir}/plugins/profile/*/*.trace.json.gz")
     if not modules or not traces:
         raise RuntimeError(f"no HLO dump ({DUMP}) or no trace ({trace_dir}) was written")
-    learner_file = str(Path(throughput.rql.__file__).resolve())
+    learner_file = str(Path(inspect.getsourcefile(learner.step) or "?").resolve())
     sources = hlo_sources(Path(max(modules, key=os.path.getsize)).read_text(), learner_file)
     events = json.load(gzip.open(traces[-1]))["traceEvents"]
 
@@ -228,12 +234,15 @@ def main() -> None:
         kind = f"{direction} {'matmul' if e['name'].startswith(DOTS) else 'other'}"
         table[(line, kind)] += e["dur"] / 1e3 / steps
     total = sum(table.values())
-    print(f"case {args.case}, block {args.block}, {steps} traced updates, {jax.devices()[0]}")
+    print(
+        f"learner {learner.name}, case {args.case}, block {args.block}, {steps} traced updates, "
+        f"{jax.devices()[0]}"
+    )
     print(f"wall {wall * 1e3:.1f} ms/update (under the profiler); op time {total:.1f} ms/update")
     if cores > 1:
         print(f"op time / (wall x {cores} cores) = {total / (wall * 1e3 * cores):.2f}")
     matmul = sum(ms for (_, kind), ms in table.items() if kind.endswith("matmul"))
-    flops = throughput.cost_flops(hp, opt, ds, state)
+    flops = throughput.cost_flops(learner, cfg, ds, state)
     print(
         f"matmul ops {matmul:.1f} ms/update: the update's {flops / 1e9:.1f} GFLOP (nearly all in "
         f"matmuls) at {flops / matmul / 1e6:.0f} GFLOP/s per running matmul"
