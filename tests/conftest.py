@@ -54,7 +54,9 @@ MATHS_TESTS = {
     "test_losses",
     "test_networks_critics",
     "test_objectives",
+    "test_reversals",
     "test_sampler",
+    "test_solvers",
     "test_targets_returns",
 }
 

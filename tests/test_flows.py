@@ -1,5 +1,7 @@
-"""Flows: Euler convergence order, the RQL reversal and its exact-inverse option."""
+"""Flows: Euler convergence order, the RQL reversal and its exact-inverse option (the solver and
+reversal objects in depth: tests/test_solvers.py, tests/test_reversals.py)."""
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -66,10 +68,12 @@ def test_euler_sample_matches_authors_recursion_and_clips(field):
     assert float(jnp.max(jnp.abs(clipped))) <= 1.0
 
 
-def test_diffrax_and_scan_agree(field):
+def test_diffrax_solver_and_fast_path_agree(field):
+    # The Euler fast path (lax.scan) against a diffrax ERK with Euler's tableau would be the
+    # same numbers; here: euler_path against sample_path with diffrax.Euler() and the grid.
     s, x0 = jnp.array([0.3, -1.0, 2.0]), jnp.array([0.5, -0.1])
     a = flowrl.euler_path(field, s, x0, steps=10)
-    b = flowrl.euler_path(field, s, x0, steps=10, solver="diffrax")
+    b = flowrl.sample_path(field, s, x0, solver=diffrax.Euler(), steps=10)
     np.testing.assert_allclose(a.xs, b.xs, atol=1e-6)
     np.testing.assert_allclose(a.ts, np.arange(11) / 10, atol=1e-7)
     assert a.xs.shape == (11, 2)
@@ -77,8 +81,9 @@ def test_diffrax_and_scan_agree(field):
     np.testing.assert_allclose(a.xs[-1], flowrl.euler_sample(field, s, x0, clip=None), atol=1e-6)
 
 
-def round_trip(v, s, a, d, steps, method="euler"):
-    rev = flowrl.reverse_flow(v, s, a, d, steps=steps, method=method)
+def round_trip(v, s, a, d, steps, reversal=None):
+    reversal = flowrl.AuthorsReversal() if reversal is None else reversal
+    rev = flowrl.reverse_flow(v, s, a, d, steps=steps, reversal=reversal)
     back = flowrl.euler_sample(v, s, rev.x, steps=steps, t0=1.0 - d, clip=None)
     return rev, back
 
@@ -103,12 +108,12 @@ def test_default_reversal_round_trip_error_is_first_order(field):
 def test_exact_reversal_round_trip_below_1e5(field):
     s, a = jnp.array([0.3, -1.0, 2.0]), jnp.array([0.5, -0.4])
     for d in (0.35, 1.0):
-        rev, back = round_trip(field, s, a, d, 10, method="exact")
+        rev, back = round_trip(field, s, a, d, 10, flowrl.ExactReversal())
         assert float(jnp.max(jnp.abs(back - a))) < 1e-5
         assert float(rev.residual) < 1e-5
     # The t-dependent, x-independent field is exactly inverted too (the default is not).
     s2 = jnp.array([0.1, 0.2, 0.0])
-    _, back = round_trip(TimeOnly(), s2, a, 1.0, 10, method="exact")
+    _, back = round_trip(TimeOnly(), s2, a, 1.0, 10, flowrl.ExactReversal())
     np.testing.assert_allclose(back, a, atol=1e-6)
     _, back_default = round_trip(TimeOnly(), s2, a, 1.0, 10)
     assert float(jnp.max(jnp.abs(back_default - a))) > 1e-3
@@ -116,21 +121,24 @@ def test_exact_reversal_round_trip_below_1e5(field):
 
 def test_depth_zero_is_identity(field):
     s, a = jnp.array([0.3, -1.0, 2.0]), jnp.array([0.5, -0.4])
-    for method in ("euler", "exact"):
-        rev = flowrl.reverse_flow(field, s, a, 0.0, method=method)
+    for reversal in (flowrl.AuthorsReversal(), flowrl.ExactReversal(), flowrl.BackwardReversal()):
+        rev = flowrl.reverse_flow(field, s, a, 0.0, reversal=reversal)
         np.testing.assert_array_equal(rev.x, a)
         assert float(rev.t) == 1.0
 
 
 def test_no_gradient_flows_into_the_field(field):
     s, a = jnp.array([0.3, -1.0, 2.0]), jnp.array([0.5, -0.4])
+    for reversal in (flowrl.AuthorsReversal(), flowrl.ExactReversal(), flowrl.BackwardReversal()):
 
-    def f(v):
-        return jnp.sum(flowrl.reverse_flow(v, s, a, 0.7).x ** 2)
+        def f(v, reversal=reversal):
+            rev = flowrl.reverse_flow(v, s, a, 0.7, reversal=reversal, return_path=True)
+            assert rev.path is not None
+            return jnp.sum(rev.x**2) + jnp.sum(rev.path.xs) + rev.residual
 
-    grads = eqx.filter_grad(f)(field)
-    leaves = jax.tree.leaves(eqx.filter(grads, eqx.is_inexact_array))
-    assert leaves and all(float(jnp.max(jnp.abs(g))) == 0.0 for g in leaves)
+        grads = eqx.filter_grad(f)(field)
+        leaves = jax.tree.leaves(eqx.filter(grads, eqx.is_inexact_array))
+        assert leaves and all(float(jnp.max(jnp.abs(g))) == 0.0 for g in leaves)
 
 
 def test_reversal_batched_with_vmap_and_bad_arguments(field):

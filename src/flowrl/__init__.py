@@ -33,6 +33,8 @@ from ._flows import Reversal as Reversal
 from ._flows import euler_path as euler_path
 from ._flows import euler_sample as euler_sample
 from ._flows import reverse_flow as reverse_flow
+from ._flows import sample as sample
+from ._flows import sample_path as sample_path
 from ._losses import expectile_loss as expectile_loss
 from ._losses import flow_matching_loss as flow_matching_loss
 from ._losses import fql_distillation_loss as fql_distillation_loss
@@ -55,6 +57,10 @@ from ._returns import lambda_returns as lambda_returns
 from ._returns import n_step_bootstrapped_returns as n_step_bootstrapped_returns
 from ._returns import rql_window_target as rql_window_target
 from ._returns import window_valid as window_valid
+from ._reversals import AbstractReversal as AbstractReversal
+from ._reversals import AuthorsReversal as AuthorsReversal
+from ._reversals import BackwardReversal as BackwardReversal
+from ._reversals import ExactReversal as ExactReversal
 from ._targets import periodic_update as periodic_update
 from ._targets import polyak_update as polyak_update
 from ._velocity import AbstractVelocityField as AbstractVelocityField
@@ -67,8 +73,12 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree
     from ._version import __version__ as __version__
 
 __all__ = [
+    "AbstractReversal",
     "AbstractVelocityField",
+    "AuthorsReversal",
+    "BackwardReversal",
     "EnsembleCritic",
+    "ExactReversal",
     "FlowPath",
     "FourierTimeEmbedding",
     "JointCritic",
@@ -112,6 +122,8 @@ __all__ = [
     "reversal_depths",
     "reverse_flow",
     "rql_window_target",
+    "sample",
+    "sample_path",
     "scan_block",
     "window_targets",
     "window_valid",
