@@ -53,9 +53,12 @@ from ._objectives import window_targets as window_targets
 from ._policies import OneStepPolicy as OneStepPolicy
 from ._returns import chunk_mask as chunk_mask
 from ._returns import discounted_window_sum as discounted_window_sum
+from ._returns import flow_lambda_returns as flow_lambda_returns
+from ._returns import flow_lambda_targets as flow_lambda_targets
 from ._returns import lambda_returns as lambda_returns
 from ._returns import n_step_bootstrapped_returns as n_step_bootstrapped_returns
 from ._returns import rql_window_target as rql_window_target
+from ._returns import window_to_stream as window_to_stream
 from ._returns import window_valid as window_valid
 from ._reversals import AbstractReversal as AbstractReversal
 from ._reversals import AuthorsReversal as AuthorsReversal
@@ -100,6 +103,8 @@ __all__ = [
     "euler_sample",
     "expanded_td_target",
     "expectile_loss",
+    "flow_lambda_returns",
+    "flow_lambda_targets",
     "flow_matching_batch",
     "flow_matching_draws",
     "flow_matching_loss",
@@ -126,5 +131,6 @@ __all__ = [
     "sample_path",
     "scan_block",
     "window_targets",
+    "window_to_stream",
     "window_valid",
 ]

@@ -5,16 +5,23 @@ batch. Suffix `_t` marks a quantity indexed by the step `t` of the stream. All a
 
 The RQL window operators take a window of `h` dataset steps (the first `h` of the `h + 1`
 the sampler returns): rewards `r_t`, `terminal_t` (1 on the last transition of a
-trajectory, OGBench's convention) and `mask_t` (OGBench's `1 - success`).
+trajectory, OGBench's convention) and `mask_t` (OGBench's `1 - success`), with one scalar
+discount. The rlax-style operators take a per-step `discount_t` (0 at a true terminal).
+[`flowrl.window_to_stream`][] converts the first into the second, and
+[`flowrl.flow_lambda_returns`][] runs a lambda return along the flow of one environment step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Scalar, ScalarLike
+
+from ._critics import ensemble_mean
+from ._solvers import FlowPath
 
 
 def _alive_t(terminal_t: Float[Array, " h"]) -> Float[Array, " h"]:
@@ -135,25 +142,152 @@ def lambda_returns(
     r_t: Float[Array, " T"],
     discount_t: Float[Array, " T"],
     v_t: Float[Array, " T"],
-    lambda_: ScalarLike = 1.0,
+    lambda_: ScalarLike | Float[Array, " T"] = 1.0,
 ) -> Float[Array, " T"]:
     r"""TD($\lambda$) returns, computed by a reverse `lax.scan`.
 
-    $$G_t = r_t + \gamma_t \big[(1 - \lambda)\, v_t + \lambda\, G_{t+1}\big], \qquad
+    $$G_t = r_t + \gamma_t \big[(1 - \lambda_t)\, v_t + \lambda_t\, G_{t+1}\big], \qquad
       G_{T-1} = r_{T-1} + \gamma_{T-1} v_{T-1}$$
 
     with `v_t` the value of the state after step `t`. `lambda_ = 0` gives the one-step TD
     targets $r_t + \gamma_t v_t$; `lambda_ = 1` the Monte-Carlo return bootstrapped from
     $v_{T-1}$.
 
+    **Arguments:** `r_t`, `discount_t`, `v_t` of shape `(T,)`; `lambda_`, a scalar or a
+    per-step `(T,)` array ($\lambda_t$ mixes $v_t$ with $G_{t+1}$; $\lambda_{T-1}$ is unused).
+
     **Returns:** `(T,)` returns.
     """
-    lam = jnp.asarray(lambda_, jnp.float32)
+    lam_t = jnp.broadcast_to(jnp.asarray(lambda_, jnp.float32), r_t.shape)
 
     def step(g_next, inputs):
-        r, discount, v = inputs
+        r, discount, v, lam = inputs
         g = r + discount * ((1.0 - lam) * v + lam * g_next)
         return g, g
 
-    _, g = jax.lax.scan(step, v_t[-1], (r_t, discount_t, v_t), reverse=True)
+    _, g = jax.lax.scan(step, v_t[-1], (r_t, discount_t, v_t, lam_t), reverse=True)
     return g
+
+
+def window_to_stream(
+    r_t: Float[Array, " h"],
+    terminal_t: Float[Array, " h"],
+    mask_t: Float[Array, " h"],
+    discount: ScalarLike,
+    *,
+    mask_gate: Literal["last", "all"] = "last",
+) -> tuple[Float[Array, " h"], Float[Array, " h"]]:
+    r"""Convert an RQL window `(r_t, terminal_t, mask_t, discount)` to an rlax stream
+    `(r_t, discount_t)`.
+
+    With $m_j$ the [`flowrl.chunk_mask`][] (rewards after an in-window trajectory end are
+    dropped), the stream is $r'_j = m_j r_j$ and
+
+    - `mask_gate="last"` (the authors' code): $\gamma_j = \gamma$ for $j < h - 1$ and
+      $\gamma_{h-1} = \gamma\, \mathrm{mask}_{h-1}$;
+    - `mask_gate="all"`: $\gamma_j = \gamma\, \mathrm{mask}_j$ (a success ends the window
+      where it happens).
+
+    Then, for any bootstrap value $V(s_h)$ placed last in `v_t`,
+
+    $$\texttt{lambda\_returns}(r', \gamma_t, v_t, 1)_0
+      = \texttt{n\_step\_bootstrapped\_returns}(r', \gamma_t, v_t, h)_0
+      = \texttt{rql\_window\_target}(r, \mathrm{terminal}, \mathrm{mask}, V, \gamma)$$
+
+    to float rounding (the stream nests the discounts, the window target takes powers).
+    With `lambda_ < 1` the other entries of `v_t` enter too: `v_t[j]` is the value of
+    $s_{j+1}$. Note that a trajectory end inside the window stops the rewards but, as in the
+    authors' code, not the bootstrap: with `mask_gate="last"` the values after it come from
+    the next (clamped) trajectory's states, so use `lambda_ < 1` on windows that stay inside
+    one trajectory ([`flowrl.window_valid`][] and no terminal before the last step).
+
+    **Arguments:** `r_t`, `terminal_t`, `mask_t` of shape `(h,)`; the scalar discount
+    $\gamma$; `mask_gate` as in [`flowrl.rql_window_target`][].
+
+    **Returns:** `(r_t, discount_t)`, each `(h,)`.
+    """
+    gamma = jnp.asarray(discount, jnp.float32)
+    rewards = _alive_t(terminal_t) * r_t
+    if mask_gate == "last":
+        discount_t = jnp.full(r_t.shape, gamma).at[-1].multiply(mask_t[-1])
+    elif mask_gate == "all":
+        discount_t = gamma * mask_t
+    else:
+        raise ValueError(f"`mask_gate` must be 'last' or 'all', got {mask_gate!r}")
+    return rewards, discount_t
+
+
+def flow_lambda_returns(
+    v_next: Float[Array, " F"],
+    env_target: ScalarLike,
+    lambda_: ScalarLike | Float[Array, " F"] = 1.0,
+) -> Float[Array, " F+1"]:
+    r"""Lambda returns along the flow of ONE environment step (the expanded MDP).
+
+    For the `F + 1` points $(x_k, t_k)$ of a flow path (the last one, $k = F$, the complete
+    action at $t = 1$), with $v_k$ the value of the NEXT point $(x_{k+1}, t_{k+1})$, reward 0
+    and no discount inside the flow:
+
+    $$G_F = y_\text{env}, \qquad G_k = (1 - \lambda_k)\, v_k + \lambda_k\, G_{k+1}
+      \quad (k < F).$$
+
+    `lambda_ = 1` gives $G_k = y_\text{env}$ at every point: RQL's shared target (every
+    reversed point regresses onto the environment-level target). `lambda_ = 0` gives
+    $G_k = v_k$: the naive expanded MDP's one-step backup ([`flowrl.expanded_td_target`][]),
+    whose horizon is `F * T`. Both are exact (no rounding), since the other term is multiplied
+    by 0. This is [`flowrl.lambda_returns`][] on the stream $r = (0, \dots, 0, y_\text{env})$,
+    $\gamma = (1, \dots, 1, 0)$, $v = (v_0, \dots, v_{F-1}, 0)$.
+
+    **Arguments:**
+
+    - `v_next`: `(F,)` values of the points `1..F` (e.g. the target critic there; the value
+      at the complete action `F` may be the critic's or anything: with `lambda_ = 1` it is
+      unused).
+    - `env_target`: the scalar environment-level target of the complete action, e.g.
+      [`flowrl.rql_window_target`][].
+    - `lambda_`: a scalar or a per-point `(F,)` array.
+
+    **Returns:** `(F + 1,)` targets for the points `0..F` (`G_F = env_target`).
+    """
+    F = v_next.shape[0]
+    y = jnp.asarray(env_target, jnp.float32).reshape(())
+    r_t = jnp.zeros((F + 1,), jnp.float32).at[-1].set(y)
+    discount_t = jnp.ones((F + 1,), jnp.float32).at[-1].set(0.0)
+    v_t = jnp.concatenate([v_next.astype(jnp.float32), jnp.zeros((1,), jnp.float32)])
+    lam = jnp.asarray(lambda_, jnp.float32)
+    if lam.ndim == 1:
+        lam = jnp.concatenate([lam, jnp.ones((1,), jnp.float32)])
+    return lambda_returns(r_t, discount_t, v_t, lam)
+
+
+def flow_lambda_targets(
+    critic: Callable[..., Float[Array, " K"]],
+    s: Float[Array, " O"],
+    path: FlowPath,
+    env_target: ScalarLike,
+    *,
+    lambda_: ScalarLike | Float[Array, " F"] = 1.0,
+    aggregate: Callable[[Float[Array, " K"]], Scalar] = ensemble_mean,
+) -> Float[Array, " F1"]:
+    r"""The in-flow lambda target of every point of a flow path: [`flowrl.flow_lambda_returns`][]
+    with $v_k = \operatorname{agg}_k \bar Q(s, x_{k+1}, t_{k+1})$.
+
+    With `path` a reversal's path (`reverse_flow(..., return_path=True).path`, ending at the
+    dataset action at `t = 1`) or a forward path ([`flowrl.sample_path`][]), this is
+    "RQL with lambda returns inside the flow": `lambda_ = 1` is RQL's shared target
+    (`env_target` at every point), `lambda_ = 0` the naive expanded MDP's one-step backup
+    onto the next point of the path. The result is wrapped in `stop_gradient`.
+
+    **Arguments:**
+
+    - `critic`: the TARGET joint critic $\bar Q(s, x, t)$, returning `(K,)`.
+    - `s`: observation `(O,)`. `path`: a [`flowrl.FlowPath`][] with `xs` `(F + 1, A)` and
+      `ts` `(F + 1,)` in increasing flow time.
+    - `env_target`: the scalar target of the complete action (the last point).
+    - `lambda_`: a scalar or a per-point `(F,)` array. `aggregate`: reduces `(K,)` member
+      values to a scalar (default [`flowrl.ensemble_mean`][]).
+
+    **Returns:** `(F + 1,)` targets, one per point of the path.
+    """
+    v_next = jax.vmap(lambda x, t: aggregate(critic(s, x, t)))(path.xs[1:], path.ts[1:])
+    return jax.lax.stop_gradient(flow_lambda_returns(v_next, env_target, lambda_))
