@@ -237,7 +237,7 @@ def all_reversals():
         flowrl.ExactReversal(),
         flowrl.ExactReversal(diffrax.Euler(), method="newton"),
         flowrl.ExactReversal(diffrax.Heun()),
-        flowrl.ExactReversal(diffrax.Tsit5(), iterations=3, method="newton"),
+        flowrl.ExactReversal(diffrax.Midpoint(), iterations=3, method="newton"),
     ]
 
 
