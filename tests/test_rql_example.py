@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import equinox as eqx
-import fx.experiment as fx
 import jax
 import numpy as np
 import pytest
 import rql_ogbench as rql
+
+import flowrl.experiment as fx
 
 pytest.importorskip("ogbench")
 
@@ -151,7 +152,7 @@ def tiny_shard_dir(tiny_cube_dir, tmp_path_factory):
     seed-0 build and a second tiny build with seed 1."""
     import shutil
 
-    from fx.data.rebuild import rebuild_dataset
+    from flowrl.data.rebuild import rebuild_dataset
 
     other = tmp_path_factory.mktemp("seed1")
     rebuild_dataset(

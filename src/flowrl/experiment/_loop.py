@@ -174,6 +174,8 @@ class _Run:
         return state, start
 
     def log(self, split: str, step: int, rows: Rows) -> None:
+        if not self.lead:  # only process 0 writes
+            return
         for logger, writer, row in zip(self.loggers, self.writers, rows, strict=True):
             logger.log(split, step, row)
             writer.log(split, step, row)
