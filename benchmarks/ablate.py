@@ -45,6 +45,15 @@ Variants that keep the maths (candidate optimisations, same results up to roundi
   the backward pass recomputes them from the matmul output.
 - `none`: B is A (a null comparison: shows the noise).
 
+Variants that change a research choice of the config (other maths, on purpose; A over B is
+what the choice costs):
+
+- `reversal-exact`: `--reversal exact`, the exact inverse of forward Euler (fixed-point
+  iterations per step) instead of the authors' backward Euler.
+- `reversal-backward-heun`: `--reversal backward --solver heun`, the flow ODE integrated
+  backward with Heun's method (two field evaluations per step).
+- `reversal-exact-heun`: `--reversal exact --solver heun`, the exact inverse of Heun's steps.
+
 Variant that UNDOES an adopted optimisation (same maths; A over B shows what it gains):
 
 - `unordered`: the update's optimizer step without `flowrl.order_after` (the plain optax step,
@@ -106,7 +115,7 @@ def ablated_loss(
     if reversal:
         rev = jax.vmap(
             lambda s, x, d: flowrl.reverse_flow(
-                actor, s, x, d, steps=cfg.flow_steps, method=cfg.reversal
+                actor, s, x, d, steps=cfg.flow_steps, reversal=rql.make_reversal(cfg)
             )
         )(s0, a, draws.depth)
     else:
@@ -418,6 +427,9 @@ def _loss_without(**removed):
 # unchanged `rql_loss` calls a variant critic through `jax.vmap(critic)(...)`).
 VARIANTS: dict[str, Callable[[], fx.Learner]] = {
     "none": lambda: RQL,
+    "reversal-exact": lambda: RQL.variant("rql", reversal="exact"),
+    "reversal-backward-heun": lambda: RQL.variant("rql", reversal="backward", solver="heun"),
+    "reversal-exact-heun": lambda: RQL.variant("rql", reversal="exact", solver="heun"),
     "unordered": lambda: dataclasses.replace(RQL, step=step_with(update_with(ordered=False))),
     "no-reversal": lambda: dataclasses.replace(
         RQL, step=step_with(update_with(_loss_without(reversal=False)))

@@ -103,6 +103,8 @@ class Config(fx.RunConfig):
     """Discount gamma per environment step (environment preset)."""
     flow_steps: int = 10
     """Euler steps F of the BC flow in the distillation target."""
+    solver: fx.SolverName = "euler"
+    """Integrator of the BC flow in the distillation target (a diffrax solver on F steps)."""
     lr: float = 3e-4
     """Adam learning rate (one optimiser over the BC flow, the policy and the critic)."""
     tau: float = 0.005
@@ -223,9 +225,10 @@ def fql_loss(models, critic_target, batch: Windows, draws: Draws, cfg: Config):
 
     # One-step policy: distil the (frozen, clipped) F-step BC flow from the same noise ...
     frozen_flow = flowrl.freeze(bc_flow)
-    flow_a = jax.vmap(lambda s, z: flowrl.euler_sample(frozen_flow, s, z, steps=cfg.flow_steps))(
-        s0, draws.noise
-    )
+    solver = fx.make_solver(cfg.solver)
+    flow_a = jax.vmap(
+        lambda s, z: flowrl.sample(frozen_flow, s, z, solver=solver, steps=cfg.flow_steps)
+    )(s0, draws.noise)
     mu = jax.vmap(actor)(s0, draws.noise)
     distill_loss = jnp.mean(jax.vmap(flowrl.fql_distillation_loss)(mu, flow_a))
     # ... and climb the frozen critic (ensemble mean) at the clipped action.

@@ -6,6 +6,7 @@ one update, acting, and the learner record that flowrl.experiment runs.
     python examples/rql_ogbench.py                       # CPU default: cube-single task2
     python examples/rql_ogbench.py --env-name scene-play-singletask-task2-v0 --size paper
     python examples/rql_ogbench.py --critic-target expanded   # the naive expanded-MDP ablation
+    python examples/rql_ogbench.py --reversal exact --solver heun  # other integrators
     python examples/rql_ogbench.py --env-name toy-bandit --steps 2000 --block 500 \
         --eval-every 1000 --hidden 64 64                  # a toy task, in seconds
     python examples/rql_ogbench.py --resume runs/<run>   # continue a run
@@ -98,7 +99,10 @@ class Config(fx.RunConfig):
     discount: float | None = None
     """Discount gamma per environment step."""
     flow_steps: int = 10
-    """Euler steps F of the policy flow (and of the reversal)."""
+    """Steps F of the policy flow (and of the reversal)."""
+    solver: fx.SolverName = "euler"
+    """Integrator of the policy flow (a diffrax solver on F fixed steps): acting, and the
+    `backward` and `exact` reversals. The one-hop value term is one Euler step either way."""
     lr: float = 3e-4
     """Adam learning rate (one optimiser over actor and critic)."""
     tau: float = 0.005
@@ -107,8 +111,9 @@ class Config(fx.RunConfig):
     """Decay of the EMA velocity field used to act."""
     value_at: Literal["interpolant", "reversed"] = "interpolant"
     """Where the actor's one-hop value term is taken: authors' code (interpolant) or paper."""
-    reversal: Literal["euler", "exact"] = "euler"
-    """Reversal scheme: authors' backward Euler, or the exact inverse of forward Euler."""
+    reversal: Literal["authors", "backward", "exact"] = "authors"
+    """Reversal of dataset actions: the authors' backward Euler at the current point, backward
+    integration with --solver, or the exact inverse of --solver's forward steps."""
     bootstrap: Literal["next", "clamped"] = "next"
     """Bootstrap state of windows ending a trajectory: true final state, or authors' clamp."""
     mask_gate: Literal["last", "all"] = "last"
@@ -118,6 +123,14 @@ class Config(fx.RunConfig):
     ablation: one-step backups between flow steps in the expanded MDP (F * T horizon)."""
     depths: Literal["mixed", "grid"] = "mixed"
     """Reversal depths: RQL's mix (half U(0, 1), half grid) or the flow grid only (t = k/F)."""
+
+
+def make_reversal(cfg: Config) -> flowrl.AbstractReversal:
+    if cfg.reversal == "authors":
+        return flowrl.AuthorsReversal()
+    if cfg.reversal == "backward":
+        return flowrl.BackwardReversal(fx.make_solver(cfg.solver))
+    return flowrl.ExactReversal(fx.make_solver(cfg.solver))
 
 
 def resolve(cfg: Config) -> Config:
@@ -236,10 +249,9 @@ def rql_loss(models, critic_target, batch: Windows, draws: Draws, cfg: Config):
     s0, s_h = batch.observations[:, 0], batch.observations[:, -1]
 
     # Critic: the reversed points of the dataset chunk regress onto their targets.
+    reversal = make_reversal(cfg)
     rev = jax.vmap(
-        lambda s, x, d: flowrl.reverse_flow(
-            actor, s, x, d, steps=cfg.flow_steps, method=cfg.reversal
-        )
+        lambda s, x, d: flowrl.reverse_flow(actor, s, x, d, steps=cfg.flow_steps, reversal=reversal)
     )(s0, a, draws.depth)
     target = critic_targets(actor, critic_target, s0, s_h, rev, batch, draws, cfg)
     target = jax.lax.stop_gradient(target)
@@ -312,20 +324,48 @@ def step(cfg: Config, state: RQLState, dataset: Dataset):
     return update(eqx.tree_at(lambda s: s.key, state, key), batch, draws, cfg)
 
 
+def reversal_diagnostics(cfg: Config, actor, critic, s0, a, noise) -> dict[str, Array]:
+    """How well the reversal inverts the policy, on full-depth reversals of dataset chunks:
+    the round-trip error |flow(reverse(a)) - a| (0 for an exact inverse), the reversal's own
+    residual, and the value gap Q(s, reversed noise, 0) - Q(s, fresh noise, 0)."""
+    reversal, solver = make_reversal(cfg), fx.make_solver(cfg.solver)
+    full = jax.vmap(
+        lambda s, x: flowrl.reverse_flow(actor, s, x, 1.0, steps=cfg.flow_steps, reversal=reversal)
+    )(s0, a)
+    back = jax.vmap(
+        lambda s, x: flowrl.sample(actor, s, x, solver=solver, steps=cfg.flow_steps, clip=None)
+    )(s0, full.x)
+    zeros = jnp.zeros(s0.shape[0], s0.dtype)
+    q_reversed = flowrl.ensemble_mean(jax.vmap(critic)(s0, full.x, zeros))
+    q_fresh = flowrl.ensemble_mean(jax.vmap(critic)(s0, noise, zeros))
+    return dict(
+        round_trip_error=jnp.mean(jnp.linalg.norm(back - a, axis=-1)),
+        reversal_residual=jnp.mean(full.residual),
+        noise_value_gap=jnp.mean(q_reversed - q_fresh),
+    )
+
+
 def losses(cfg: Config, state: RQLState, dataset: Dataset, key: PRNGKeyArray):
-    """The losses on a batch (of the validation split), without updating."""
+    """The losses on a batch (of the validation split), without updating, and the reversal's
+    diagnostics."""
     batch, draws = sample(cfg, dataset, *jax.random.split(key))
-    return rql_loss((state.actor, state.critic), state.critic_target, batch, draws, cfg)[1]
+    metrics = rql_loss((state.actor, state.critic), state.critic_target, batch, draws, cfg)[1]
+    B = batch.actions.shape[0]
+    a = batch.actions.reshape(B, -1)
+    s0 = batch.observations[:, 0]
+    diagnostics = reversal_diagnostics(cfg, state.actor, state.critic, s0, a, draws.next_noise)
+    return {**metrics, **diagnostics}
 
 
 # ----------------------------------------------------------------------------------------
-# Acting: the EMA field, F Euler steps from noise, clip, a chunk of h actions.
+# Acting: the EMA field, F steps of --solver from noise, clip, a chunk of h actions.
 # ----------------------------------------------------------------------------------------
 
 
 def act(cfg: Config, state: RQLState, obs: Float[Array, " O"], key: PRNGKeyArray):
     noise = jax.random.normal(key, (state.actor_ema.action_dim,))
-    chunk = flowrl.euler_sample(state.actor_ema, obs, noise, steps=cfg.flow_steps)
+    solver = fx.make_solver(cfg.solver)
+    chunk = flowrl.sample(state.actor_ema, obs, noise, solver=solver, steps=cfg.flow_steps)
     return chunk.reshape(cfg.horizon, -1)
 
 

@@ -10,9 +10,11 @@ from ._checkpoints import load_checkpoint as load_checkpoint
 from ._checkpoints import save_checkpoint as save_checkpoint
 from ._config import RUN_CONTROL as RUN_CONTROL
 from ._config import RunConfig as RunConfig
+from ._config import SolverName as SolverName
 from ._config import check_config as check_config
 from ._config import env_family as env_family
 from ._config import fill_presets as fill_presets
+from ._config import make_solver as make_solver
 from ._config import restore_config as restore_config
 from ._distributed import fetch_to_host as fetch_to_host
 from ._distributed import init_distributed as init_distributed
@@ -62,6 +64,7 @@ __all__ = [
     "RunConfig",
     "RunData",
     "RunRecord",
+    "SolverName",
     "check_config",
     "check_finite",
     "confidence_interval",
@@ -78,6 +81,7 @@ __all__ = [
     "main",
     "make_block",
     "make_policy",
+    "make_solver",
     "make_validation",
     "plot_learning_curve",
     "progress",

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import diffrax
+
 from ._checkpoints import CheckpointError
 
 C = TypeVar("C", bound="RunConfig")
@@ -203,3 +205,30 @@ def restore_config(given: C, run_dir: str | os.PathLike[str], keep: tuple[str, .
     return dataclasses.replace(
         cfg, **{k: getattr(given, k) for k in keep if getattr(given, k) is not None}
     )
+
+
+SolverName = Literal["euler", "heun", "midpoint", "ralston", "bosh3", "tsit5"]
+"""The `--solver` names of the examples (a config field type: tyro lists the choices)."""
+
+_SOLVERS: dict[str, type[diffrax.AbstractSolver]] = {
+    "euler": diffrax.Euler,
+    "heun": diffrax.Heun,
+    "midpoint": diffrax.Midpoint,
+    "ralston": diffrax.Ralston,
+    "bosh3": diffrax.Bosh3,
+    "tsit5": diffrax.Tsit5,
+}
+
+
+def make_solver(name: str) -> diffrax.AbstractSolver:
+    """The diffrax solver object of a `--solver` name ([`flowrl.experiment.SolverName`][]):
+    `euler` (order 1, the RQL / FQL default), `heun`, `midpoint`, `ralston` (2), `bosh3` (3),
+    `tsit5` (5), each used on the flow's fixed grid of `F` steps by [`flowrl.sample`][] and
+    the reversals.
+
+    **Raises:** `ValueError` naming `--solver` and the known names.
+    """
+    try:
+        return _SOLVERS[name]()
+    except KeyError:
+        raise ValueError(f"--solver must be one of {sorted(_SOLVERS)}, got {name!r}") from None
