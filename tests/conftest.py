@@ -10,6 +10,15 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 import jax  # noqa: E402
 
 jax.config.update("jax_threefry_partitionable", True)
+# One compilation per distinct program in the whole session: the runs of a test (a full run,
+# a part, its resume) compile the same blocks, and XLA's persistent cache serves the repeats.
+import tempfile  # noqa: E402
+
+_CACHE = tempfile.mkdtemp(prefix="flowrl-test-xla-cache-")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)  # also for the tests' subprocesses
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # As in equinox's own tests: no implicit rank promotion anywhere, and no implicit dtype
 # promotion in the maths tests (see `strict_dtype_promotion` below).
 jax.config.update("jax_numpy_rank_promotion", "raise")
