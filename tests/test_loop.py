@@ -249,3 +249,9 @@ def test_registry_finds_learners_by_name():
     assert fx.get_learner("TOY") is TOY and "toy" in fx.registered()
     with pytest.raises(KeyError, match="registered"):
         fx.get_learner("no-such-learner")
+
+
+def test_the_driver_checks_the_shared_fields_even_without_a_resolve(tmp_path):
+    bare = dataclasses.replace(TOY, resolve=lambda cfg: cfg)  # fills and checks nothing
+    with pytest.raises(ValueError, match="--horizon must be >= 1, got None"):
+        fx.run(config(tmp_path, "bare"), bare)

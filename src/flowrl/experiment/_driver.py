@@ -10,7 +10,7 @@ from typing import Any
 
 import jax
 
-from ._config import RUN_CONTROL, RunConfig, restore_config
+from ._config import RUN_CONTROL, RunConfig, check_config, restore_config
 from ._distributed import _broadcast_text, init_distributed, init_seeds
 from ._learner import Learner, make_block, make_policy, make_validation
 from ._loop import LoopOptions, RunData, train_loop
@@ -81,6 +81,7 @@ def run(cfg: RunConfig, learner: Learner, *, resumable: tuple[str, ...] = RUN_CO
     if cfg.resume:  # the saved config, except the run-control fields given now
         cfg = restore_config(cfg, cfg.resume, resumable)
     cfg = learner.resolve(cfg)
+    check_config(cfg, {})  # the shared fields, also for a learner whose resolve checks none
     assert cfg.horizon is not None and cfg.steps is not None and cfg.eval_every is not None
     assert cfg.eval_episodes is not None
     seeds = tuple(cfg.seeds) if cfg.seeds else (cfg.seed,)
