@@ -64,6 +64,13 @@ class RunConfig:
     """Run directory (default runs/<learner>-<env>-s<seeds>-<time>)."""
     resume: str | None = None
     """Continue the run in this directory from its last checkpoint."""
+    override: bool = False
+    """With --resume: apply the flags given now that differ from the saved config (recorded
+    in config.json) instead of refusing them."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept, the newest first; a damaged latest one falls back to the previous."""
+    debug: bool = False
+    """Print the full traceback of an error instead of one line."""
     tensorboard: bool = False
     """Also write TensorBoard event files (needs tensorboardX)."""
     track: bool = False
@@ -86,6 +93,9 @@ RUN_CONTROL = (
     "steps",
     "run_dir",
     "resume",
+    "override",
+    "keep_checkpoints",
+    "debug",
     "tensorboard",
     "track",
     "video_episodes",

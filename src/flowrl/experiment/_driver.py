@@ -110,6 +110,7 @@ def run(cfg: RunConfig, learner: Learner, *, resumable: tuple[str, ...] = RUN_CO
         title=f"{learner.name} {cfg.env_name}",
         metrics=learner.metrics,
         swap_every=cfg.swap_every,
+        keep_checkpoints=cfg.keep_checkpoints,
     )
     block = make_block(learner, cfg, seeds=bool(cfg.seeds))
     policy, validate = make_policy(learner, cfg), make_validation(learner, cfg)

@@ -82,6 +82,7 @@ class LoopOptions:
     - `progress`, `tensorboard`, `track`, `video_episodes`, `title`: outputs; `metrics`: the
       training metrics shown in the progress bar and plotted.
     - `swap_every`: with training shards, steps per shard (a multiple of `block_size`).
+    - `keep_checkpoints`: how many checkpoints to keep, the newest first.
     """
 
     run_dir: Path
@@ -101,6 +102,7 @@ class LoopOptions:
     title: str = ""
     metrics: tuple[str, ...] = ()
     swap_every: int = 1000
+    keep_checkpoints: int = 2
 
     def __post_init__(self):
         object.__setattr__(self, "run_dir", Path(self.run_dir))
