@@ -66,6 +66,7 @@ def test_flowrl_typecheck_1_installs_the_hook():
 @pytest.mark.parametrize("typecheck", ["0", "", None], ids=["0", "empty", "unset"])
 def test_without_flowrl_typecheck_there_is_no_type_check(typecheck):
     result = _run(typecheck)
-    # JAX's own broadcasting error instead: a plain TypeError, not jaxtyping's subclass.
+    # The library's own always-on check instead (flowrl._checks.InputError, a ValueError),
+    # not jaxtyping's error.
     assert result != "TypeCheckError True" and not result.startswith("TypeCheckError")
-    assert result == "TypeError", result
+    assert result == "InputError", result

@@ -1,7 +1,9 @@
 """flowrl: small, typed, functional JAX + Equinox components for flow-policy RL.
 
-Set the environment variable `FLOWRL_TYPECHECK=1` before the first import to check every
-array shape at run time (jaxtyping + beartype); the test suite always runs that way.
+The public maths functions always check their inputs' shapes (once per trace) and, when
+concrete, their ranges, raising a `ValueError` that names the argument. Set the environment
+variable `FLOWRL_TYPECHECK=1` before the first import to also check every annotated array
+shape at run time (jaxtyping + beartype); the test suite always runs that way.
 """
 
 import importlib.metadata

@@ -6,14 +6,26 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray, ScalarLike
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, ScalarLike
 
+from ._checks import as_float, check_int, check_shapes, check_time
 from ._networks import MLP
 
 
-def _ensemble(in_size: int, hidden_sizes, num_members: int, layer_norm: bool, key) -> MLP:
-    if num_members < 1:
-        raise ValueError(f"`num_members` must be >= 1, got {num_members}")
+def _ensemble(
+    where: str,
+    obs_dim: int,
+    action_dim: int,
+    extra: int,
+    hidden_sizes,
+    num_members: int,
+    layer_norm: bool,
+    key,
+) -> MLP:
+    check_int(where, "obs_dim", obs_dim)
+    check_int(where, "action_dim", action_dim)
+    check_int(where, "num_members", num_members)
+    in_size = obs_dim + action_dim + extra
 
     @eqx.filter_vmap
     def make(k):
@@ -65,18 +77,32 @@ class JointCritic(eqx.Module):
     LayerNorm; the members' parameters are stacked along a leading axis of size `K` (built
     with `eqx.filter_vmap` over keys, so every member has its own initialisation).
 
-    Build one with [`flowrl.joint_critic`][]. `__call__` takes ONE example and returns `(K,)`.
+    Build one with [`flowrl.joint_critic`][]. `__call__` takes ONE example and returns `(K,)`;
+    it checks `s` against `obs_dim` and `x` against `action_dim` separately.
     """
 
     members: MLP
     num_members: int = eqx.field(static=True)
+    obs_dim: int = eqx.field(static=True)
+    action_dim: int = eqx.field(static=True)
 
     def __call__(
-        self, s: Float[Array, " O"], x: Float[Array, " A"], t: ScalarLike
+        self, s: Float[ArrayLike, " O"], x: Float[ArrayLike, " A"], t: ScalarLike
     ) -> Float[Array, " K"]:
-        """**Returns:** the `K` member values at `(s, x, t)`."""
+        """**Arguments:** `s` `(obs_dim,)`, `x` `(action_dim,)`, the flow time `t` in `[0, 1]`.
+
+        **Returns:** the `K` member values at `(s, x, t)`.
+        """
+        check_shapes(
+            "JointCritic",
+            ("s", s, "O"),
+            ("x", x, "A"),
+            ("t", t, ""),
+            dims={"O": (self.obs_dim, "obs_dim"), "A": (self.action_dim, "action_dim")},
+        )
+        check_time("JointCritic", "t", t)
         t = jnp.asarray(t, jnp.float32).reshape((1,))
-        return _members_apply(self.members, jnp.concatenate([s, x, t]))
+        return _members_apply(self.members, jnp.concatenate([as_float(s), as_float(x), t]))
 
 
 def joint_critic(
@@ -100,22 +126,36 @@ def joint_critic(
 
     **Returns:** the critic; calling it on one example gives `(K,)` values.
     """
-    members = _ensemble(obs_dim + action_dim + 1, hidden_sizes, num_members, layer_norm, key)
-    return JointCritic(members, num_members)
+    members = _ensemble(
+        "joint_critic", obs_dim, action_dim, 1, hidden_sizes, num_members, layer_norm, key
+    )
+    return JointCritic(members, num_members, int(obs_dim), int(action_dim))
 
 
 class EnsembleCritic(eqx.Module):
     """A plain ensemble critic $Q_k(s, a)$ on `concat(s, a)` (FQL-style).
 
-    Build one with [`flowrl.ensemble_critic`][]. `__call__` takes ONE example and returns `(K,)`.
+    Build one with [`flowrl.ensemble_critic`][]. `__call__` takes ONE example and returns `(K,)`;
+    it checks `s` against `obs_dim` and `a` against `action_dim` separately.
     """
 
     members: MLP
     num_members: int = eqx.field(static=True)
+    obs_dim: int = eqx.field(static=True)
+    action_dim: int = eqx.field(static=True)
 
-    def __call__(self, s: Float[Array, " O"], a: Float[Array, " A"]) -> Float[Array, " K"]:
-        """**Returns:** the `K` member values at `(s, a)`."""
-        return _members_apply(self.members, jnp.concatenate([s, a]))
+    def __call__(self, s: Float[ArrayLike, " O"], a: Float[ArrayLike, " A"]) -> Float[Array, " K"]:
+        """**Arguments:** `s` `(obs_dim,)`, `a` `(action_dim,)`.
+
+        **Returns:** the `K` member values at `(s, a)`.
+        """
+        check_shapes(
+            "EnsembleCritic",
+            ("s", s, "O"),
+            ("a", a, "A"),
+            dims={"O": (self.obs_dim, "obs_dim"), "A": (self.action_dim, "action_dim")},
+        )
+        return _members_apply(self.members, jnp.concatenate([as_float(s), as_float(a)]))
 
 
 def ensemble_critic(
@@ -131,11 +171,13 @@ def ensemble_critic(
 
     Arguments as for [`flowrl.joint_critic`][] (FQL default: 2 members).
     """
-    members = _ensemble(obs_dim + action_dim, hidden_sizes, num_members, layer_norm, key)
-    return EnsembleCritic(members, num_members)
+    members = _ensemble(
+        "ensemble_critic", obs_dim, action_dim, 0, hidden_sizes, num_members, layer_norm, key
+    )
+    return EnsembleCritic(members, num_members, int(obs_dim), int(action_dim))
 
 
-def ensemble_mean(q: Float[Array, "*batch K"], *, axis: int = -1) -> Float[Array, "*reduced"]:
+def ensemble_mean(q: Float[ArrayLike, "*batch K"], *, axis: int = -1) -> Float[Array, "*reduced"]:
     """Mean over the ensemble members.
 
     **Arguments:**
@@ -146,10 +188,11 @@ def ensemble_mean(q: Float[Array, "*batch K"], *, axis: int = -1) -> Float[Array
 
     **Returns:** `q` with `axis` reduced: `(*batch,)` for the default `axis`.
     """
-    return jnp.mean(q, axis=axis)
+    check_shapes("ensemble_mean", ("q", q, "*batch K"))
+    return jnp.mean(as_float(q), axis=axis)
 
 
-def ensemble_min(q: Float[Array, "*batch K"], *, axis: int = -1) -> Float[Array, "*reduced"]:
+def ensemble_min(q: Float[ArrayLike, "*batch K"], *, axis: int = -1) -> Float[Array, "*reduced"]:
     """Minimum over the ensemble members.
 
     **Arguments:**
@@ -159,11 +202,12 @@ def ensemble_min(q: Float[Array, "*batch K"], *, axis: int = -1) -> Float[Array,
 
     **Returns:** `q` with `axis` reduced: `(*batch,)` for the default `axis`.
     """
-    return jnp.min(q, axis=axis)
+    check_shapes("ensemble_min", ("q", q, "*batch K"))
+    return jnp.min(as_float(q), axis=axis)
 
 
 def ensemble_lcb(
-    q: Float[Array, "*batch K"], rho: ScalarLike, *, axis: int = -1
+    q: Float[ArrayLike, "*batch K"], rho: ScalarLike, *, axis: int = -1
 ) -> Float[Array, "*reduced"]:
     r"""Pessimistic aggregation $\operatorname{mean}_k Q_k - \rho \operatorname{std}_k Q_k$
     with the POPULATION standard deviation (divide by `K`), as in RQL's target.
@@ -176,4 +220,6 @@ def ensemble_lcb(
 
     **Returns:** `q` with `axis` reduced: `(*batch,)` for the default `axis`.
     """
-    return jnp.mean(q, axis=axis) - rho * jnp.std(q, axis=axis)
+    check_shapes("ensemble_lcb", ("q", q, "*batch K"), ("rho", rho, ""))
+    q = as_float(q)
+    return jnp.mean(q, axis=axis) - jnp.asarray(rho, q.dtype) * jnp.std(q, axis=axis)

@@ -13,13 +13,14 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Scalar, ScalarLike
+from jaxtyping import Array, ArrayLike, Float, Scalar, ScalarLike
 
+from ._checks import as_float, check_int, check_shapes, check_time
 from ._critics import ensemble_mean
 
 
 def flow_step(
-    x_t: Float[Array, " A"], t: ScalarLike, u: Float[Array, " A"], *, steps: int = 10
+    x_t: Float[ArrayLike, " A"], t: ScalarLike, u: Float[ArrayLike, " A"], *, steps: int = 10
 ) -> tuple[Float[Array, " A"], Scalar]:
     r"""One Euler step of the policy flow from `(x_t, t)` with velocity `u`, clipped at `t = 1`.
 
@@ -32,8 +33,18 @@ def flow_step(
 
     **Returns:** `(x', t')`.
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"`steps` must be a positive int, got {steps!r}")
+    check_point("flow_step", None, x_t, t, u, steps)
+    return _flow_step(as_float(x_t), t, as_float(u), steps)
+
+
+def check_point(where: str, s, x_t, t, u, steps: int) -> None:
+    """The checks of a point `(s, x_t, t)` of the flow with its velocity `u` (`s` may be None)."""
+    check_int(where, "steps", steps)
+    check_shapes(where, ("s", s, "O"), ("x_t", x_t, "A"), ("t", t, ""), ("u", u, "A"))
+    check_time(where, "t", t)
+
+
+def _flow_step(x_t: Array, t: ScalarLike, u: Array, steps: int) -> tuple[Array, Scalar]:
     t = jnp.asarray(t, jnp.float32).reshape(())
     t_next = jnp.minimum(t + 1.0 / steps, 1.0)
     return x_t + (t_next - t) * u, t_next
@@ -41,10 +52,10 @@ def flow_step(
 
 def expanded_td_target(
     critic: Callable[..., Float[Array, " K"]],
-    s: Float[Array, " O"],
-    x_t: Float[Array, " A"],
+    s: Float[ArrayLike, " O"],
+    x_t: Float[ArrayLike, " A"],
     t: ScalarLike,
-    u: Float[Array, " A"],
+    u: Float[ArrayLike, " A"],
     env_target: ScalarLike,
     *,
     steps: int = 10,
@@ -79,8 +90,10 @@ def expanded_td_target(
 
     **Returns:** the scalar target.
     """
+    check_point("expanded_td_target", s, x_t, t, u, steps)
+    check_shapes("expanded_td_target", ("env_target", env_target, ""))
     t = jnp.asarray(t, jnp.float32).reshape(())
-    x_next, t_next = flow_step(x_t, t, u, steps=steps)
-    inside = aggregate(critic(s, x_next, t_next))
+    x_next, t_next = _flow_step(as_float(x_t), t, as_float(u), steps)
+    inside = aggregate(critic(as_float(s), x_next, t_next))
     target = jnp.where(t >= 1.0, jnp.asarray(env_target, jnp.float32), inside)
     return jax.lax.stop_gradient(target)

@@ -15,8 +15,9 @@ from typing import Literal
 
 import diffrax
 import jax
-from jaxtyping import Array, Float, ScalarLike
+from jaxtyping import Array, ArrayLike, Float, ScalarLike
 
+from ._checks import as_float, check_positive, check_range, check_shapes, check_time
 from ._reversals import AbstractReversal, AuthorsReversal, ExactReversal, Reversal
 from ._solvers import FlowPath, as_time, check_solver, check_steps, grid, integrate, time_dtype
 from ._velocity import AbstractVelocityField
@@ -29,8 +30,8 @@ _EULER = diffrax.Euler()
 
 def sample(
     velocity: AbstractVelocityField,
-    s: Float[Array, " O"],
-    x0: Float[Array, " A"],
+    s: Float[ArrayLike, " O"],
+    x0: Float[ArrayLike, " A"],
     *,
     solver: diffrax.AbstractSolver = diffrax.Euler(),  # noqa: B008
     steps: int = 10,
@@ -64,18 +65,14 @@ def sample(
 
     **Returns:** the end point `(A,)`.
     """
-    check_steps(steps)
-    check_solver(solver)
-    dtype = time_dtype(x0)
-    ts = grid(as_time(t0, dtype), as_time(t1, dtype), steps)
-    x1, _ = integrate(solver, velocity, s, x0, ts)
+    x1 = _integrate("sample", velocity, s, x0, solver, steps, t0, t1, clip=clip)[0]
     return x1 if clip is None else jax.numpy.clip(x1, -clip, clip)
 
 
 def sample_path(
     velocity: AbstractVelocityField,
-    s: Float[Array, " O"],
-    x0: Float[Array, " A"],
+    s: Float[ArrayLike, " O"],
+    x0: Float[ArrayLike, " A"],
     *,
     solver: diffrax.AbstractSolver = diffrax.Euler(),  # noqa: B008
     steps: int = 10,
@@ -88,19 +85,13 @@ def sample_path(
     grid times `ts` of shape `(F + 1,)`. With `t0 < t1` these are the expanded-MDP states
     `(s, x_t, t)` that the policy visits.
     """
-    check_steps(steps)
-    check_solver(solver)
-    dtype = time_dtype(x0)
-    ts = grid(as_time(t0, dtype), as_time(t1, dtype), steps)
-    _, xs = integrate(solver, velocity, s, x0, ts, save_path=True)
-    assert xs is not None
-    return FlowPath(jax.numpy.concatenate([x0[None], xs]), ts)
+    return _path("sample_path", velocity, s, x0, solver, steps, t0, t1)
 
 
 def euler_sample(
     velocity: AbstractVelocityField,
-    s: Float[Array, " O"],
-    x0: Float[Array, " A"],
+    s: Float[ArrayLike, " O"],
+    x0: Float[ArrayLike, " A"],
     *,
     steps: int = 10,
     t0: ScalarLike = 0.0,
@@ -119,13 +110,14 @@ def euler_sample(
 
     **Returns:** the end point `(A,)`.
     """
-    return sample(velocity, s, x0, solver=_EULER, steps=steps, t0=t0, t1=t1, clip=clip)
+    x1 = _integrate("euler_sample", velocity, s, x0, _EULER, steps, t0, t1, clip=clip)[0]
+    return x1 if clip is None else jax.numpy.clip(x1, -clip, clip)
 
 
 def euler_path(
     velocity: AbstractVelocityField,
-    s: Float[Array, " O"],
-    x0: Float[Array, " A"],
+    s: Float[ArrayLike, " O"],
+    x0: Float[ArrayLike, " A"],
     *,
     steps: int = 10,
     t0: ScalarLike = 0.0,
@@ -138,7 +130,29 @@ def euler_path(
     matching times `ts` of shape `(F + 1,)`. These are the expanded-MDP states
     `(s, x_t, t)` that the RQL policy visits.
     """
-    return sample_path(velocity, s, x0, solver=_EULER, steps=steps, t0=t0, t1=t1)
+    return _path("euler_path", velocity, s, x0, _EULER, steps, t0, t1)
+
+
+def _integrate(where, velocity, s, x0, solver, steps, t0, t1, *, clip=None, save_path=False):
+    # The checks of the four sampling functions, then the flow on the grid.
+    check_steps(where, steps)
+    check_solver(solver)
+    check_shapes(where, ("s", s, "O"), ("x0", x0, "A"), ("t0", t0, ""), ("t1", t1, ""))
+    check_time(where, "t0", t0)
+    check_time(where, "t1", t1)
+    if clip is not None:
+        check_positive(where, "clip", clip)
+    s, x0 = as_float(s), as_float(x0)
+    dtype = time_dtype(x0)
+    ts = grid(as_time(t0, dtype), as_time(t1, dtype), steps)
+    x1, xs = integrate(solver, velocity, s, x0, ts, save_path=save_path)
+    return x1, xs, x0, ts
+
+
+def _path(where, velocity, s, x0, solver, steps, t0, t1) -> FlowPath:
+    _, xs, x0, ts = _integrate(where, velocity, s, x0, solver, steps, t0, t1, save_path=True)
+    assert xs is not None
+    return FlowPath(jax.numpy.concatenate([x0[None], xs]), ts)
 
 
 def _from_method(method: str, iterations: int | None) -> AbstractReversal:
@@ -151,8 +165,8 @@ def _from_method(method: str, iterations: int | None) -> AbstractReversal:
 
 def reverse_flow(
     velocity: AbstractVelocityField,
-    s: Float[Array, " O"],
-    a: Float[Array, " A"],
+    s: Float[ArrayLike, " O"],
+    a: Float[ArrayLike, " A"],
     depth: ScalarLike,
     *,
     steps: int = 10,
@@ -195,7 +209,9 @@ def reverse_flow(
 
     **Returns:** a [`flowrl.Reversal`][] `(x, t, residual, path)`.
     """
-    check_steps(steps)
+    check_steps("reverse_flow", steps)
+    check_shapes("reverse_flow", ("s", s, "O"), ("a", a, "A"), ("depth", depth, ""))
+    check_range("reverse_flow", "depth", depth)
     if method is not None:
         if not isinstance(reversal, AuthorsReversal):
             raise ValueError("pass either `reversal` or the deprecated `method`, not both")
@@ -204,6 +220,7 @@ def reverse_flow(
         raise ValueError("`iterations` goes with `method='exact'`; use ExactReversal(iterations=)")
     if not isinstance(reversal, AbstractReversal):
         raise TypeError(f"`reversal` must be an AbstractReversal, got {reversal!r}")
+    s, a = as_float(s), as_float(a)
     depth = as_time(depth, time_dtype(a))
     out = reversal(velocity, s, a, depth, steps=steps, return_path=return_path)
     return jax.tree.map(jax.lax.stop_gradient, out)

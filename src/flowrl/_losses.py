@@ -12,10 +12,11 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Scalar, ScalarLike
+from jaxtyping import Array, ArrayLike, Float, Scalar, ScalarLike
 
+from ._checks import as_float, check_range, check_shapes, check_time
 from ._critics import ensemble_mean
-from ._expanded import flow_step
+from ._expanded import _flow_step, check_point
 
 
 def freeze(module):
@@ -25,17 +26,22 @@ def freeze(module):
     )
 
 
-def interpolant(x0: Float[Array, " A"], a: Float[Array, " A"], t: ScalarLike) -> Float[Array, " A"]:
-    r"""The flow-matching (rectified-flow) interpolant $x_t = (1 - t)\, x_0 + t\, a$."""
+def interpolant(
+    x0: Float[ArrayLike, " A"], a: Float[ArrayLike, " A"], t: ScalarLike
+) -> Float[Array, " A"]:
+    r"""The flow-matching (rectified-flow) interpolant $x_t = (1 - t)\, x_0 + t\, a$, with the
+    flow time `t` in `[0, 1]`."""
+    check_shapes("interpolant", ("x0", x0, "A"), ("a", a, "A"), ("t", t, ""))
+    check_time("interpolant", "t", t)
     t = jnp.asarray(t, jnp.float32).reshape(())
-    return (1.0 - t) * x0 + t * a
+    return (1.0 - t) * as_float(x0) + t * as_float(a)
 
 
 def flow_matching_loss(
-    u: Float[Array, " A"],
-    x0: Float[Array, " A"],
-    a: Float[Array, " A"],
-    mask: Float[Array, " A"] | None = None,
+    u: Float[ArrayLike, " A"],
+    x0: Float[ArrayLike, " A"],
+    a: Float[ArrayLike, " A"],
+    mask: Float[ArrayLike, " A"] | None = None,
 ) -> Scalar:
     r"""Flow-matching (behaviour cloning) loss for one example.
 
@@ -49,31 +55,45 @@ def flow_matching_loss(
 
     **Returns:** the scalar loss.
     """
-    err = (u - (a - x0)) ** 2
+    check_shapes(
+        "flow_matching_loss", ("u", u, "A"), ("x0", x0, "A"), ("a", a, "A"), ("mask", mask, "A")
+    )
+    err = (as_float(u) - (as_float(a) - as_float(x0))) ** 2
     if mask is not None:
-        err = err * mask
+        err = err * jnp.asarray(mask, err.dtype)
     return jnp.mean(err)
 
 
 def expectile_loss(
-    target: Float[Array, "*shape"], prediction: Float[Array, "*shape"], kappa: ScalarLike
+    target: Float[ArrayLike, "*shape"], prediction: Float[ArrayLike, "*shape"], kappa: ScalarLike
 ) -> Float[Array, "*shape"]:
     r"""Elementwise expectile regression: $w\,(y - q)^2$ with $w = \kappa$ where $y \ge q$ and
     $1 - \kappa$ elsewhere. `kappa = 0.5` is half the squared error.
 
+    `kappa` lies in `[0, 1]`.
+
     **Returns:** the weighted squared errors, shaped like the inputs (reduce them yourself).
     """
-    diff = target - prediction
+    where = "expectile_loss"
+    check_shapes(
+        where,
+        ("target", target, "*shape"),
+        ("prediction", prediction, "*shape"),
+        ("kappa", kappa, ""),
+    )
+    check_range(where, "kappa", kappa)
+    diff = as_float(target) - as_float(prediction)
+    kappa = jnp.asarray(kappa, diff.dtype)
     weight = jnp.where(diff >= 0, kappa, 1.0 - kappa)
     return weight * diff**2
 
 
 def one_hop_value_loss(
     critic: Callable[..., Float[Array, " K"]],
-    s: Float[Array, " O"],
-    x_t: Float[Array, " A"],
+    s: Float[ArrayLike, " O"],
+    x_t: Float[ArrayLike, " A"],
     t: ScalarLike,
-    u: Float[Array, " A"],
+    u: Float[ArrayLike, " A"],
     *,
     steps: int = 10,
     aggregate: Callable[[Float[Array, " K"]], Scalar] = ensemble_mean,
@@ -98,20 +118,27 @@ def one_hop_value_loss(
 
     **Returns:** the scalar loss (multiply by a validity flag and average over the batch).
     """
-    x_next, t_next = flow_step(x_t, t, u, steps=steps)
-    return -aggregate(freeze(critic)(s, x_next, t_next))
+    check_point("one_hop_value_loss", s, x_t, t, u, steps)
+    x_next, t_next = _flow_step(as_float(x_t), t, as_float(u), steps)
+    return -aggregate(freeze(critic)(as_float(s), x_next, t_next))
 
 
 def fql_distillation_loss(
-    one_step_action: Float[Array, " A"], flow_action: Float[Array, " A"]
+    one_step_action: Float[ArrayLike, " A"], flow_action: Float[ArrayLike, " A"]
 ) -> Scalar:
     r"""FQL's distillation loss $\frac{1}{A}\lVert \mu(s, z) - \mathrm{flow}(s, z)\rVert^2$ for one
     example: the one-step policy $\mu$ and the BC flow start from the same noise `z`; the
     flow's action is treated as a constant (`stop_gradient`)."""
-    return jnp.mean((one_step_action - jax.lax.stop_gradient(flow_action)) ** 2)
+    check_shapes(
+        "fql_distillation_loss",
+        ("one_step_action", one_step_action, "A"),
+        ("flow_action", flow_action, "A"),
+    )
+    flow_action = jax.lax.stop_gradient(as_float(flow_action))
+    return jnp.mean((as_float(one_step_action) - flow_action) ** 2)
 
 
-def fql_q_loss(q: Float[Array, " B"], *, normalize: bool = False) -> Scalar:
+def fql_q_loss(q: Float[ArrayLike, " B"], *, normalize: bool = False) -> Scalar:
     r"""FQL's Q term of the actor loss for a BATCH: $-\operatorname{mean}_b q_b$, optionally
     normalised by the batch's mean absolute value,
 
@@ -129,6 +156,8 @@ def fql_q_loss(q: Float[Array, " B"], *, normalize: bool = False) -> Scalar:
 
     **Returns:** the scalar loss.
     """
+    check_shapes("fql_q_loss", ("q", q, "B"))
+    q = as_float(q)
     loss = -jnp.mean(q)
     if normalize:
         loss = loss / jax.lax.stop_gradient(jnp.mean(jnp.abs(q)))

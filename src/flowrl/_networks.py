@@ -7,7 +7,9 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ._checks import as_float, check_shapes
 
 
 def _glorot_linear(
@@ -82,8 +84,10 @@ class MLP(eqx.Module):
         self.hidden_sizes = hidden_sizes
         self.layer_norm = layer_norm
 
-    def __call__(self, x: Float[Array, " in_size"]) -> Float[Array, " out_size"]:
-        """**Arguments:** `x`, one input vector. **Returns:** the output vector."""
+    def __call__(self, x: Float[ArrayLike, " in_size"]) -> Float[Array, " out_size"]:
+        """**Arguments:** `x`, one input vector `(in_size,)`. **Returns:** the output vector."""
+        check_shapes("MLP", ("x", x, "I"), dims={"I": (self.in_size, "in_size")})
+        x = as_float(x)
         for i, layer in enumerate(self.layers[:-1]):
             x = jax.nn.gelu(layer(x))
             if self.layer_norm:

@@ -12,8 +12,9 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, ScalarLike
+from jaxtyping import Array, ArrayLike, Float, ScalarLike
 
+from ._checks import as_float, check_range, check_shapes, check_time
 from ._losses import expectile_loss, flow_matching_loss, interpolant, one_hop_value_loss
 from ._returns import rql_window_target
 
@@ -21,10 +22,10 @@ Aggregate = Callable[[Float[Array, "B K"]], Float[Array, " B"]]
 
 
 def window_targets(
-    rewards: Float[Array, "B h"],
-    terminals: Float[Array, "B h"],
-    masks: Float[Array, "B h"],
-    v_bootstrap: Float[Array, " B"],
+    rewards: Float[ArrayLike, "B h"],
+    terminals: Float[ArrayLike, "B h"],
+    masks: Float[ArrayLike, "B h"],
+    v_bootstrap: Float[ArrayLike, " B"],
     discount: ScalarLike,
     *,
     mask_gate: Literal["last", "all"] = "last",
@@ -38,12 +39,30 @@ def window_targets(
 
     **Returns:** the targets, shape `(B,)`.
     """
+    _check_windows("window_targets", rewards, terminals, masks, v_bootstrap, discount)
     one = lambda r, d, m, v: rql_window_target(r, d, m, v, discount, mask_gate=mask_gate)
     return jax.vmap(one)(rewards, terminals, masks, v_bootstrap)
 
 
+def _check_windows(where: str, rewards, terminals, masks, v, discount) -> None:
+    check_shapes(
+        where,
+        ("rewards", rewards, "B h"),
+        ("terminals", terminals, "B h"),
+        ("masks", masks, "B h"),
+        ("v_bootstrap", v, "B"),
+        ("discount", discount, ""),
+    )
+    check_range(where, "terminals", terminals)
+    check_range(where, "masks", masks)
+    check_range(where, "discount", discount)
+
+
 def noise_value(
-    critic: Callable, s: Float[Array, "B O"], noise: Float[Array, "B A"], aggregate: Aggregate
+    critic: Callable,
+    s: Float[ArrayLike, "B O"],
+    noise: Float[ArrayLike, "B A"],
+    aggregate: Aggregate,
 ) -> Float[Array, " B"]:
     r"""The value of each state as a joint critic sees it at the START of the flow:
     $V(s) = \mathrm{agg}_k\, Q_k(s, z, 0)$ at a fresh noise $z$ (RQL's bootstrap value).
@@ -54,17 +73,19 @@ def noise_value(
 
     **Returns:** shape `(B,)`.
     """
+    check_shapes("noise_value", ("s", s, "B O"), ("noise", noise, "B A"))
+    s, noise = as_float(s), as_float(noise)
     q = jax.vmap(critic)(s, noise, jnp.zeros(s.shape[0], s.dtype))  # (B, K)
     return aggregate(q)
 
 
 def env_level_target(
     critic_target: Callable,
-    s_h: Float[Array, "B O"],
-    noise: Float[Array, "B A"],
-    rewards: Float[Array, "B h"],
-    terminals: Float[Array, "B h"],
-    masks: Float[Array, "B h"],
+    s_h: Float[ArrayLike, "B O"],
+    noise: Float[ArrayLike, "B A"],
+    rewards: Float[ArrayLike, "B h"],
+    terminals: Float[ArrayLike, "B h"],
+    masks: Float[ArrayLike, "B h"],
     *,
     discount: ScalarLike,
     aggregate: Aggregate,
@@ -81,17 +102,19 @@ def env_level_target(
 
     **Returns:** the targets `(B,)` (not stopped: wrap in `jax.lax.stop_gradient`).
     """
+    check_shapes("env_level_target", ("s_h", s_h, "B O"), ("noise", noise, "B A"))
+    _check_windows("env_level_target", rewards, terminals, masks, None, discount)
     v = noise_value(critic_target, s_h, noise, aggregate)
     return window_targets(rewards, terminals, masks, v, discount, mask_gate=mask_gate)
 
 
 def action_value_target(
     critic_target: Callable,
-    s_h: Float[Array, "B O"],
-    next_actions: Float[Array, "B A"],
-    rewards: Float[Array, "B h"],
-    terminals: Float[Array, "B h"],
-    masks: Float[Array, "B h"],
+    s_h: Float[ArrayLike, "B O"],
+    next_actions: Float[ArrayLike, "B A"],
+    rewards: Float[ArrayLike, "B h"],
+    terminals: Float[ArrayLike, "B h"],
+    masks: Float[ArrayLike, "B h"],
     *,
     discount: ScalarLike,
     aggregate: Aggregate,
@@ -107,17 +130,20 @@ def action_value_target(
 
     **Returns:** the targets `(B,)` (not stopped).
     """
-    v = aggregate(jax.vmap(critic_target)(s_h, next_actions))
+    where = "action_value_target"
+    check_shapes(where, ("s_h", s_h, "B O"), ("next_actions", next_actions, "B A"))
+    _check_windows(where, rewards, terminals, masks, None, discount)
+    v = aggregate(jax.vmap(critic_target)(as_float(s_h), as_float(next_actions)))
     return window_targets(rewards, terminals, masks, v, discount, mask_gate=mask_gate)
 
 
 def flow_matching_batch(
     velocity: Callable,
-    s: Float[Array, "B O"],
-    a: Float[Array, "B A"],
-    x0: Float[Array, "B A"],
-    t: Float[Array, " B"],
-    mask: Float[Array, "B A"] | None = None,
+    s: Float[ArrayLike, "B O"],
+    a: Float[ArrayLike, "B A"],
+    x0: Float[ArrayLike, "B A"],
+    t: Float[ArrayLike, " B"],
+    mask: Float[ArrayLike, "B A"] | None = None,
 ) -> tuple[Float[Array, ""], Float[Array, "B A"], Float[Array, "B A"]]:
     r"""Flow matching on the interpolant, averaged over the batch:
     $x_t = (1 - t) x_0 + t a$, $u = v(s, x_t, t)$, loss
@@ -130,6 +156,17 @@ def flow_matching_batch(
     **Returns:** `(loss, x_t, u)`: the points and velocities are returned for terms that reuse
     them (the one-hop value term at the interpolant).
     """
+    where = "flow_matching_batch"
+    check_shapes(
+        where,
+        ("s", s, "B O"),
+        ("a", a, "B A"),
+        ("x0", x0, "B A"),
+        ("t", t, "B"),
+        ("mask", mask, "B A"),
+    )
+    check_time(where, "t", t)
+    s, a, x0, t = as_float(s), as_float(a), as_float(x0), as_float(t)
     x_t = jax.vmap(interpolant)(x0, a, t)
     u = jax.vmap(velocity)(s, x_t, t)
     if mask is None:
@@ -141,11 +178,11 @@ def flow_matching_batch(
 
 def one_hop_actor_loss(
     critic: Callable,
-    s: Float[Array, "B O"],
-    x: Float[Array, "B A"],
-    t: Float[Array, " B"],
-    u: Float[Array, "B A"],
-    valid: Float[Array, " B"],
+    s: Float[ArrayLike, "B O"],
+    x: Float[ArrayLike, "B A"],
+    t: Float[ArrayLike, " B"],
+    u: Float[ArrayLike, "B A"],
+    valid: Float[ArrayLike, " B"],
     *,
     steps: int,
 ) -> Float[Array, ""]:
@@ -158,14 +195,25 @@ def one_hop_actor_loss(
 
     **Returns:** a scalar.
     """
+    where = "one_hop_actor_loss"
+    check_shapes(
+        where,
+        ("s", s, "B O"),
+        ("x", x, "B A"),
+        ("t", t, "B"),
+        ("u", u, "B A"),
+        ("valid", valid, "B"),
+    )
+    check_time(where, "t", t)
     one = lambda s_, x_, t_, u_: one_hop_value_loss(critic, s_, x_, t_, u_, steps=steps)
-    return jnp.mean(valid * jax.vmap(one)(s, x, t, u))
+    losses = jax.vmap(one)(as_float(s), as_float(x), as_float(t), as_float(u))
+    return jnp.mean(jnp.asarray(valid, losses.dtype) * losses)
 
 
 def ensemble_expectile_loss(
-    q: Float[Array, "B K"],
-    target: Float[Array, " B"],
-    valid: Float[Array, " B"],
+    q: Float[ArrayLike, "B K"],
+    target: Float[ArrayLike, " B"],
+    valid: Float[ArrayLike, " B"],
     kappa: ScalarLike,
 ) -> Float[Array, ""]:
     r"""Every ensemble member regresses onto the same target with the expectile loss,
@@ -177,5 +225,11 @@ def ensemble_expectile_loss(
 
     **Returns:** a scalar.
     """
-    targets = jnp.broadcast_to(target[:, None], q.shape)
-    return jnp.mean(valid[:, None] * expectile_loss(targets, q, kappa))
+    where = "ensemble_expectile_loss"
+    check_shapes(
+        where, ("q", q, "B K"), ("target", target, "B"), ("valid", valid, "B"), ("kappa", kappa, "")
+    )
+    check_range(where, "kappa", kappa)
+    q = as_float(q)
+    targets = jnp.broadcast_to(jnp.asarray(target, q.dtype)[:, None], q.shape)
+    return jnp.mean(jnp.asarray(valid, q.dtype)[:, None] * expectile_loss(targets, q, kappa))

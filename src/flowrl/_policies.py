@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ._checks import as_float, check_shapes
 from ._networks import MLP
 
 
@@ -45,6 +46,15 @@ class OneStepPolicy(eqx.Module):
         self.obs_dim = obs_dim
         self.action_dim = action_dim
 
-    def __call__(self, s: Float[Array, " O"], z: Float[Array, " A"]) -> Float[Array, " A"]:
-        """**Arguments:** `s` (O,), noise `z` (A,). **Returns:** the unclipped action (A,)."""
-        return self.net(jnp.concatenate([s, z]))
+    def __call__(self, s: Float[ArrayLike, " O"], z: Float[ArrayLike, " A"]) -> Float[Array, " A"]:
+        """**Arguments:** `s` `(obs_dim,)`, noise `z` `(action_dim,)`.
+
+        **Returns:** the unclipped action `(action_dim,)`.
+        """
+        check_shapes(
+            "OneStepPolicy",
+            ("s", s, "O"),
+            ("z", z, "A"),
+            dims={"O": (self.obs_dim, "obs_dim"), "A": (self.action_dim, "action_dim")},
+        )
+        return self.net(jnp.concatenate([as_float(s), as_float(z)]))

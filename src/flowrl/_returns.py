@@ -18,10 +18,29 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Scalar, ScalarLike
+from jaxtyping import Array, ArrayLike, Float, Scalar, ScalarLike
 
+from ._checks import as_float, check_int, check_range, check_shapes, check_time
 from ._critics import ensemble_mean
 from ._solvers import FlowPath
+
+
+def _f32(x: ArrayLike) -> Array:
+    return jnp.asarray(x, jnp.float32)
+
+
+def _check_window(where: str, r_t, terminal_t, mask_t, discount) -> None:
+    # The checks of the window operators; None for an argument the operator does not take.
+    check_shapes(
+        where,
+        ("r_t", r_t, "h"),
+        ("terminal_t", terminal_t, "h"),
+        ("mask_t", mask_t, "h"),
+        ("discount", discount, ""),
+    )
+    check_range(where, "terminal_t", terminal_t)
+    check_range(where, "mask_t", mask_t)
+    check_range(where, "discount", discount)
 
 
 def _alive_t(terminal_t: Float[Array, " h"]) -> Float[Array, " h"]:
@@ -30,7 +49,7 @@ def _alive_t(terminal_t: Float[Array, " h"]) -> Float[Array, " h"]:
     return jnp.concatenate([jnp.ones((1,), jnp.float32), jnp.cumprod(not_done)[:-1]])
 
 
-def chunk_mask(terminal_t: Float[Array, " h"]) -> Float[Array, " h"]:
+def chunk_mask(terminal_t: Float[ArrayLike, " h"]) -> Float[Array, " h"]:
     r"""Which positions of an action chunk belong to the window's first trajectory.
 
     $$m_j = \prod_{i < j} (1 - \mathrm{terminal}_i)$$
@@ -38,10 +57,11 @@ def chunk_mask(terminal_t: Float[Array, " h"]) -> Float[Array, " h"]:
     Position 0 is always kept; positions after a trajectory end are 0. RQL multiplies the
     flow-matching loss of each chunk position by $m_j$.
     """
-    return _alive_t(terminal_t)
+    _check_window("chunk_mask", None, terminal_t, None, None)
+    return _alive_t(_f32(terminal_t))
 
 
-def window_valid(terminal_t: Float[Array, " h"]) -> Scalar:
+def window_valid(terminal_t: Float[ArrayLike, " h"]) -> Scalar:
     r"""1 if the window of `h` steps stays inside one trajectory, else 0.
 
     A window is valid when at most one of its `h` transitions is a trajectory's last
@@ -49,23 +69,28 @@ def window_valid(terminal_t: Float[Array, " h"]) -> Scalar:
     it). With windows clamped at trajectory ends, the only invalid windows start on a
     trajectory's last transition (for `h >= 2`).
     """
-    return (jnp.sum(terminal_t) <= 1).astype(jnp.float32)
+    _check_window("window_valid", None, terminal_t, None, None)
+    return (jnp.sum(_f32(terminal_t)) <= 1).astype(jnp.float32)
 
 
 def discounted_window_sum(
-    r_t: Float[Array, " h"], terminal_t: Float[Array, " h"], discount: ScalarLike
+    r_t: Float[ArrayLike, " h"], terminal_t: Float[ArrayLike, " h"], discount: ScalarLike
 ) -> Scalar:
     r"""$\sum_{j<h} \gamma^j\, m_j\, r_j$ with $m_j$ the [`flowrl.chunk_mask`][]: rewards after an
     in-window trajectory end are dropped."""
-    h = r_t.shape[0]
-    powers = jnp.asarray(discount, jnp.float32) ** jnp.arange(h, dtype=jnp.float32)
+    _check_window("discounted_window_sum", r_t, terminal_t, None, discount)
+    return _window_sum(_f32(r_t), _f32(terminal_t), _f32(discount))
+
+
+def _window_sum(r_t: Array, terminal_t: Array, gamma: Array) -> Scalar:
+    powers = gamma ** jnp.arange(r_t.shape[0], dtype=jnp.float32)
     return jnp.sum(powers * _alive_t(terminal_t) * r_t)
 
 
 def rql_window_target(
-    r_t: Float[Array, " h"],
-    terminal_t: Float[Array, " h"],
-    mask_t: Float[Array, " h"],
+    r_t: Float[ArrayLike, " h"],
+    terminal_t: Float[ArrayLike, " h"],
+    mask_t: Float[ArrayLike, " h"],
     v_bootstrap: ScalarLike,
     discount: ScalarLike,
     *,
@@ -89,14 +114,17 @@ def rql_window_target(
 
     **Returns:** the scalar target (validity is separate: [`flowrl.window_valid`][]).
     """
+    where = "rql_window_target"
+    check_shapes(where, ("v_bootstrap", v_bootstrap, ""))
+    _check_window(where, r_t, terminal_t, mask_t, discount)
+    r_t, terminal_t, mask_t, gamma = _f32(r_t), _f32(terminal_t), _f32(mask_t), _f32(discount)
     h = r_t.shape[0]
-    gamma = jnp.asarray(discount, jnp.float32)
     if mask_gate == "last":
-        rewards = discounted_window_sum(r_t, terminal_t, gamma)
+        rewards = _window_sum(r_t, terminal_t, gamma)
         gate = mask_t[-1]
     elif mask_gate == "all":
         alive_mask = _alive_t(1.0 - mask_t)
-        rewards = discounted_window_sum(r_t * alive_mask, terminal_t, gamma)
+        rewards = _window_sum(r_t * alive_mask, terminal_t, gamma)
         gate = jnp.prod(mask_t)
     else:
         raise ValueError(f"`mask_gate` must be 'last' or 'all', got {mask_gate!r}")
@@ -104,9 +132,9 @@ def rql_window_target(
 
 
 def n_step_bootstrapped_returns(
-    r_t: Float[Array, " T"],
-    discount_t: Float[Array, " T"],
-    v_t: Float[Array, " T"],
+    r_t: Float[ArrayLike, " T"],
+    discount_t: Float[ArrayLike, " T"],
+    v_t: Float[ArrayLike, " T"],
     n: int,
 ) -> Float[Array, " T"]:
     r"""n-step bootstrapped returns, truncated at the end of the stream.
@@ -122,8 +150,8 @@ def n_step_bootstrapped_returns(
     **Returns:** `(T,)` returns. `n = 1` is the one-step TD target; `n >= T` equals
     [`flowrl.lambda_returns`][] with `lambda_ = 1`.
     """
-    if n < 1:
-        raise ValueError(f"`n` must be >= 1, got {n}")
+    r_t, discount_t, v_t = _stream("n_step_bootstrapped_returns", r_t, discount_t, v_t)
+    check_int("n_step_bootstrapped_returns", "n", n)
     T = r_t.shape[0]
     idx = jnp.arange(T)
     # Bootstrap value for each t: v at min(t + n - 1, T - 1).
@@ -139,10 +167,10 @@ def n_step_bootstrapped_returns(
 
 
 def lambda_returns(
-    r_t: Float[Array, " T"],
-    discount_t: Float[Array, " T"],
-    v_t: Float[Array, " T"],
-    lambda_: ScalarLike | Float[Array, " T"] = 1.0,
+    r_t: Float[ArrayLike, " T"],
+    discount_t: Float[ArrayLike, " T"],
+    v_t: Float[ArrayLike, " T"],
+    lambda_: ScalarLike | Float[ArrayLike, " T"] = 1.0,
 ) -> Float[Array, " T"]:
     r"""TD($\lambda$) returns, computed by a reverse `lax.scan`.
 
@@ -158,6 +186,21 @@ def lambda_returns(
 
     **Returns:** `(T,)` returns.
     """
+    where = "lambda_returns"
+    r_t, discount_t, v_t = _stream(where, r_t, discount_t, v_t)
+    check_shapes(where, ("lambda_", lambda_, ("", "T")), dims={"T": (r_t.shape[0], "r_t")})
+    check_range(where, "lambda_", lambda_)
+    return _lambda_returns(r_t, discount_t, v_t, lambda_)
+
+
+def _stream(where: str, r_t, discount_t, v_t) -> tuple[Array, Array, Array]:
+    # The checks of the rlax-style operators.
+    check_shapes(where, ("r_t", r_t, "T"), ("discount_t", discount_t, "T"), ("v_t", v_t, "T"))
+    check_range(where, "discount_t", discount_t)
+    return _f32(r_t), _f32(discount_t), _f32(v_t)
+
+
+def _lambda_returns(r_t: Array, discount_t: Array, v_t: Array, lambda_) -> Array:
     lam_t = jnp.broadcast_to(jnp.asarray(lambda_, jnp.float32), r_t.shape)
 
     def step(g_next, inputs):
@@ -170,9 +213,9 @@ def lambda_returns(
 
 
 def window_to_stream(
-    r_t: Float[Array, " h"],
-    terminal_t: Float[Array, " h"],
-    mask_t: Float[Array, " h"],
+    r_t: Float[ArrayLike, " h"],
+    terminal_t: Float[ArrayLike, " h"],
+    mask_t: Float[ArrayLike, " h"],
     discount: ScalarLike,
     *,
     mask_gate: Literal["last", "all"] = "last",
@@ -206,7 +249,8 @@ def window_to_stream(
 
     **Returns:** `(r_t, discount_t)`, each `(h,)`.
     """
-    gamma = jnp.asarray(discount, jnp.float32)
+    _check_window("window_to_stream", r_t, terminal_t, mask_t, discount)
+    r_t, terminal_t, mask_t, gamma = _f32(r_t), _f32(terminal_t), _f32(mask_t), _f32(discount)
     rewards = _alive_t(terminal_t) * r_t
     if mask_gate == "last":
         discount_t = jnp.full(r_t.shape, gamma).at[-1].multiply(mask_t[-1])
@@ -218,9 +262,9 @@ def window_to_stream(
 
 
 def flow_lambda_returns(
-    v_next: Float[Array, " F"],
+    v_next: Float[ArrayLike, " F"],
     env_target: ScalarLike,
-    lambda_: ScalarLike | Float[Array, " F"] = 1.0,
+    lambda_: ScalarLike | Float[ArrayLike, " F"] = 1.0,
 ) -> Float[Array, " F+1"]:
     r"""Lambda returns along the flow of ONE environment step (the expanded MDP).
 
@@ -249,24 +293,36 @@ def flow_lambda_returns(
 
     **Returns:** `(F + 1,)` targets for the points `0..F` (`G_F = env_target`).
     """
+    where = "flow_lambda_returns"
+    check_shapes(
+        where,
+        ("v_next", v_next, "F"),
+        ("env_target", env_target, ""),
+        ("lambda_", lambda_, ("", "F")),
+    )
+    check_range(where, "lambda_", lambda_)
+    return _flow_lambda_returns(_f32(v_next), env_target, lambda_)
+
+
+def _flow_lambda_returns(v_next: Array, env_target, lambda_) -> Array:
     F = v_next.shape[0]
     y = jnp.asarray(env_target, jnp.float32).reshape(())
     r_t = jnp.zeros((F + 1,), jnp.float32).at[-1].set(y)
     discount_t = jnp.ones((F + 1,), jnp.float32).at[-1].set(0.0)
-    v_t = jnp.concatenate([v_next.astype(jnp.float32), jnp.zeros((1,), jnp.float32)])
+    v_t = jnp.concatenate([v_next, jnp.zeros((1,), jnp.float32)])
     lam = jnp.asarray(lambda_, jnp.float32)
     if lam.ndim == 1:
         lam = jnp.concatenate([lam, jnp.ones((1,), jnp.float32)])
-    return lambda_returns(r_t, discount_t, v_t, lam)
+    return _lambda_returns(r_t, discount_t, v_t, lam)
 
 
 def flow_lambda_targets(
     critic: Callable[..., Float[Array, " K"]],
-    s: Float[Array, " O"],
+    s: Float[ArrayLike, " O"],
     path: FlowPath,
     env_target: ScalarLike,
     *,
-    lambda_: ScalarLike | Float[Array, " F"] = 1.0,
+    lambda_: ScalarLike | Float[ArrayLike, " F"] = 1.0,
     aggregate: Callable[[Float[Array, " K"]], Scalar] = ensemble_mean,
 ) -> Float[Array, " F1"]:
     r"""The in-flow lambda target of every point of a flow path: [`flowrl.flow_lambda_returns`][]
@@ -289,5 +345,17 @@ def flow_lambda_targets(
 
     **Returns:** `(F + 1,)` targets, one per point of the path.
     """
-    v_next = jax.vmap(lambda x, t: aggregate(critic(s, x, t)))(path.xs[1:], path.ts[1:])
-    return jax.lax.stop_gradient(flow_lambda_returns(v_next, env_target, lambda_))
+    where = "flow_lambda_targets"
+    check_shapes(
+        where,
+        ("s", s, "O"),
+        ("path.xs", path.xs, "F1 A"),
+        ("path.ts", path.ts, "F1"),
+        ("env_target", env_target, ""),
+    )
+    check_shapes(where, ("lambda_", lambda_, ("", "F")), dims={"F": (len(path.ts) - 1, "path")})
+    check_time(where, "path.ts", path.ts)
+    check_range(where, "lambda_", lambda_)
+    s, xs, ts = as_float(s), as_float(path.xs), as_float(path.ts)
+    v_next = jax.vmap(lambda x, t: aggregate(critic(s, x, t)))(xs[1:], ts[1:])
+    return jax.lax.stop_gradient(_flow_lambda_returns(_f32(v_next), env_target, lambda_))

@@ -93,7 +93,7 @@ class AuthorsReversal(AbstractReversal):
         steps: int,
         return_path: bool = False,
     ) -> Reversal:
-        check_steps(steps)
+        check_steps(type(self).__name__, steps)
         depth = as_time(depth, a.dtype)
         delta = depth / steps
 
@@ -145,7 +145,7 @@ class BackwardReversal(AbstractReversal):
         steps: int,
         return_path: bool = False,
     ) -> Reversal:
-        check_steps(steps)
+        check_steps(type(self).__name__, steps)
         one = jnp.ones((), a.dtype)
         ts = grid(one, one - as_time(depth, a.dtype), steps)
         x, xs = integrate(self.solver, velocity, s, a, ts, save_path=return_path)
@@ -217,7 +217,7 @@ class ExactReversal(AbstractReversal):
         steps: int,
         return_path: bool = False,
     ) -> Reversal:
-        check_steps(steps)
+        check_steps(type(self).__name__, steps)
         depth = as_time(depth, a.dtype)
         if isinstance(self.solver, diffrax.Euler) and self.method == "fixed-point":
             return _exact_euler(velocity, s, a, depth, steps, self.iterations, return_path)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Scalar, ScalarLike
 
+from ._checks import check_int
 from ._velocity import AbstractVelocityField
 
 
@@ -37,9 +38,8 @@ class FlowPath(NamedTuple):
     ts: Float[Array, " F1"]
 
 
-def check_steps(steps: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"`steps` must be a positive int, got {steps!r}")
+def check_steps(where: str, steps: int) -> None:
+    check_int(where, "steps", steps)
 
 
 def check_solver(solver: object, name: str = "solver") -> None:

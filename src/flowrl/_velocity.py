@@ -7,8 +7,9 @@ import math
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray, ScalarLike
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, ScalarLike
 
+from ._checks import as_float, check_shapes, check_time
 from ._networks import MLP
 
 
@@ -37,6 +38,7 @@ class FourierTimeEmbedding(eqx.Module):
         return 1 + 2 * self.num_frequencies
 
     def __call__(self, t: ScalarLike) -> Float[Array, " E"]:
+        check_shapes("FourierTimeEmbedding", ("t", t, ""))
         t = jnp.asarray(t, jnp.float32)
         k = jnp.arange(1, self.num_frequencies + 1, dtype=jnp.float32)
         angles = 2.0 * math.pi * k * t
@@ -85,9 +87,20 @@ class VelocityField(AbstractVelocityField):
         self.action_dim = action_dim
 
     def __call__(
-        self, s: Float[Array, " O"], x: Float[Array, " A"], t: ScalarLike
+        self, s: Float[ArrayLike, " O"], x: Float[ArrayLike, " A"], t: ScalarLike
     ) -> Float[Array, " A"]:
-        """**Arguments:** `s` (O,), `x` (A,), scalar `t`. **Returns:** the velocity (A,)."""
+        """**Arguments:** `s` `(obs_dim,)`, `x` `(action_dim,)`, the flow time `t` in `[0, 1]`.
+
+        **Returns:** the velocity `(action_dim,)`.
+        """
+        check_shapes(
+            "VelocityField",
+            ("s", s, "O"),
+            ("x", x, "A"),
+            ("t", t, ""),
+            dims={"O": (self.obs_dim, "obs_dim"), "A": (self.action_dim, "action_dim")},
+        )
+        check_time("VelocityField", "t", t)
         t = jnp.asarray(t, jnp.float32).reshape(())
         t_feat = t[None] if self.time_embedding is None else self.time_embedding(t)
-        return self.net(jnp.concatenate([s, x, t_feat]))
+        return self.net(jnp.concatenate([as_float(s), as_float(x), t_feat]))
