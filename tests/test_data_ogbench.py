@@ -122,6 +122,70 @@ def test_one_missing_file_is_still_missing(tmp_path, monkeypatch):
         load_ogbench("cube-single-play-singletask-v0", dataset_dir=tmp_path)
     assert "cube-single-play-v0.npz (found)" in str(e.value)
     assert "cube-single-play-v0-val.npz (missing)" in str(e.value)
+    # The rebuild command it gives would replace the file found: it says so.
+    assert f"--dir {tmp_path} --overwrite" in str(e.value)
+    assert "(it replaces cube-single-play-v0.npz)" in str(e.value)
+
+
+def test_an_incomplete_dataset_is_not_rebuilt_automatically(tmp_path, monkeypatch, capsys):
+    """A training file without its `-val` file: no rebuild starts (it could only refuse to
+    replace the file found, after the message that it is rebuilding); the error lists the
+    files and gives commands that work as printed."""
+    import shlex
+
+    from flowrl.data import load_or_rebuild
+    from flowrl.data.rebuild._cli import _parser
+
+    _no_network(monkeypatch)
+    train = tmp_path / "cube-single-play-v0.npz"
+    _write_ogbench_file(train)
+    before = train.read_bytes()
+    with pytest.raises(FileNotFoundError) as e:
+        load_or_rebuild(
+            "cube-single-play-singletask-v0",
+            dataset_dir=tmp_path,
+            rebuild_episodes=30,
+            rebuild_workers=3,
+            progress=False,
+        )
+    msg = str(e.value)
+    assert "Rebuilding" not in capsys.readouterr().out
+    assert e.value.__context__ is None  # not "during handling of" the loader's error
+    assert (
+        f"{train} (found)" in msg and f"{tmp_path / 'cube-single-play-v0-val.npz'} (missing)" in msg
+    )
+    assert "cube-single-play-v0.flowrl-rebuild.json (missing)" in msg
+    (command,) = [line.strip() for line in msg.splitlines() if "flowrl.data.rebuild" in line]
+    args = _parser().parse_args(shlex.split(command)[3:])
+    assert (args.dataset, args.episodes, args.workers, args.dir, args.overwrite) == (
+        "cube-single-play-v0", 30, 3, str(tmp_path), True,
+    )  # fmt: skip
+    assert f"rm {train}" in msg
+    assert "cube-single-play-v0-val.npz into" in msg  # the official file, if the others are
+    assert [p.name for p in tmp_path.iterdir()] == [train.name] and train.read_bytes() == before
+
+
+def test_making_the_environment_headless_prints_no_glfw_warning(tiny_cube_dir):
+    """With neither DISPLAY nor MUJOCO_GL set, dm_control's first import probes GLFW, which
+    warns "The DISPLAY environment variable is missing"; flowrl silences it while it makes the
+    environment, and leaves the environment variables alone."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("ogbench")
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MUJOCO_GL")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent / "src")
+    code = (
+        "import os, sys; from flowrl.data import load_ogbench; "
+        "data = load_ogbench('cube-single-play-singletask-v0', dataset_dir=sys.argv[1]); "
+        "data.env.close(); print('MUJOCO_GL' in os.environ)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_cube_dir)], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert "GLFW" not in out.stderr and "DISPLAY" not in out.stderr, out.stderr
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """The offline rebuild: file format, determinism across worker counts, atomic writes, refusals,
 and the scripted oracle solving the evaluation task (a random policy does not)."""
 
+import hashlib
 import json
 import os
 import signal
@@ -166,11 +167,22 @@ def _build(directory, workers, seed=0, **kw):
     )
 
 
+FILES = (
+    "cube-single-play-v0.npz",
+    "cube-single-play-v0-val.npz",
+    "cube-single-play-v0.flowrl-rebuild.json",
+)
+HOW_BUILT = ("workers", "seconds", "steps_per_second", "created_utc", "command")
+"""The record's fields that describe how a build ran, not what it holds."""
+
+
 def _bytes(directory):
-    return [
-        (directory / f).read_bytes()
-        for f in ("cube-single-play-v0.npz", "cube-single-play-v0-val.npz")
-    ]
+    return [(directory / f).read_bytes() for f in FILES[:2]]
+
+
+def _record(directory):
+    meta = json.loads((directory / FILES[2]).read_text())
+    return {k: v for k, v in meta.items() if k not in HOW_BUILT}
 
 
 def test_same_seed_same_bytes_for_any_worker_count(tmp_path):
@@ -178,9 +190,15 @@ def test_same_seed_same_bytes_for_any_worker_count(tmp_path):
     a, b, c, d = (tmp_path / x for x in "abcd")
     _build(a, workers=1)
     _build(b, workers=1)
-    _build(c, workers=2)
+    _build(c, workers=2)  # 3 episodes on 2 workers: the assignment differs from one worker's
     _build(d, workers=1, seed=1)
+    assert sorted(p.name for p in c.iterdir()) == sorted(FILES)  # no temporary file is left
     assert _bytes(a) == _bytes(b) == _bytes(c)
+    # The record differs only in how the build ran; its digests are the files' digests.
+    assert _record(a) == _record(b) == _record(c)
+    assert _record(a)["files"] == {
+        f: {"sha256": hashlib.sha256((a / f).read_bytes()).hexdigest()} for f in FILES[:2]
+    }
     assert _bytes(d)[0] != _bytes(a)[0]
     # Episodes depend only on (seed, split, index): a longer build starts with the shorter one.
     e = tmp_path / "e"
@@ -188,6 +206,29 @@ def test_same_seed_same_bytes_for_any_worker_count(tmp_path):
     with np.load(a / "cube-single-play-v0.npz") as f2, np.load(e / "cube-single-play-v0.npz") as f3:
         np.testing.assert_array_equal(f3["observations"][: 2 * 41], f2["observations"])
     assert _bytes(e)[1] == _bytes(a)[1]  # the validation episodes do not move
+
+
+def test_an_episode_does_not_depend_on_the_episodes_before_it():
+    """What makes the bytes independent of the worker count, checked without relying on how a
+    pool happens to schedule: an episode rolled out in a fresh environment equals the same
+    episode rolled out after others (in either order) in one environment."""
+    pytest.importorskip("ogbench")
+    from flowrl.data.rebuild._collect import Collector
+    from flowrl.data.rebuild._plan import TRAIN, VAL
+
+    plan = plan_rebuild("cube-single-play-v0", episodes=2, steps_per_episode=41)
+    fresh = {}
+    for job in ((TRAIN, 1), (VAL, 0)):
+        collector = Collector(plan)
+        fresh[job] = collector.episode(*job)
+        collector.close()
+    collector = Collector(plan)
+    for job in ((TRAIN, 0), (VAL, 0), (TRAIN, 1)):
+        ep = collector.episode(*job)
+        if job in fresh:
+            for k, v in fresh[job].items():
+                np.testing.assert_array_equal(ep[k], v, err_msg=f"{job} {k}")
+    collector.close()
 
 
 def test_refuses_to_overwrite_unless_asked(tiny_cube_dir, tmp_path):
@@ -230,6 +271,88 @@ def test_a_killed_run_leaves_no_final_file(tmp_path):
     proc.wait(timeout=30)
     names = [p.name for p in tmp_path.iterdir()]
     assert not any(n.endswith((".npz", ".json")) for n in names), names
+
+
+def _start_interruptible(code, args, err_path):
+    """`python -c code *args` in a session of its own, headless (no DISPLAY, no MUJOCO_GL), with
+    Python's Ctrl-C handler installed even where this process was started with SIGINT
+    ignored (as background jobs are)."""
+    prelude = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MUJOCO_GL")}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    return subprocess.Popen(
+        [sys.executable, "-c", prelude + code, *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=open(err_path, "w"),  # noqa: SIM115 (read while the process runs)
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _interrupt_when(proc, err_path, pattern, delay):
+    """Ctrl-C, as a terminal sends it (SIGINT to the whole process group, workers included),
+    `delay` s after `pattern` shows in the progress bar; the process's (rc, stdout, stderr)."""
+    import re
+
+    deadline = time.monotonic() + 90
+    while not re.search(pattern, err_path.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, err_path.read_text()
+        time.sleep(0.1)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    for _ in range(100):  # the workers and the resource tracker are gone too
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("processes of the interrupted rebuild are still running")
+    return proc.returncode, out, err_path.read_text()
+
+
+def _lines_besides_the_bar(err):
+    return [
+        line
+        for line in err.replace("\r", "\n").splitlines()
+        if line.strip() and not line.startswith("cube-single-play-v0:")
+    ]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_workers_and_says_so_once(tmp_path):
+    """Ctrl-C in the rebuild CLI while its two workers start (they are still importing), and
+    in `load_or_rebuild` (what the examples call) once episodes are done: the workers stop, no
+    file is left, and the only output is the CLI's one line or one traceback ending in
+    `KeyboardInterrupt` (no chained exceptions, none from the workers, no GLFW warning)."""
+    pytest.importorskip("ogbench")
+    cli_dir, lor_dir = tmp_path / "cli", tmp_path / "lor"
+    cli = _start_interruptible(
+        "import sys; from flowrl.data.rebuild import main; sys.exit(main(sys.argv[1:]))",
+        ["cube-single-play-v0", "--episodes", "300", "--steps-per-episode", "101"]
+        + ["--workers", "2", "--dir", cli_dir],
+        tmp_path / "cli.err",
+    )
+    lor = _start_interruptible(
+        "import sys; from flowrl.data import load_or_rebuild; "
+        "load_or_rebuild('cube-single-play-singletask-v0', dataset_dir=sys.argv[1], "
+        "rebuild_episodes=300, rebuild_workers=2)",
+        [lor_dir],
+        tmp_path / "lor.err",
+    )
+    rc, _, err = _interrupt_when(cli, tmp_path / "cli.err", r"\| 0/330", 1.5)
+    assert rc == 130 and _lines_besides_the_bar(err) == [
+        "interrupted: no dataset file was written"
+    ], err
+    rc, out, err = _interrupt_when(lor, tmp_path / "lor.err", r"\| [1-9]\d*/330", 0.5)
+    assert "Rebuilding 300 episodes" in out
+    lines = _lines_besides_the_bar(err)
+    assert rc == -signal.SIGINT and lines[0] == "Traceback (most recent call last):", err
+    assert lines[-1] == "KeyboardInterrupt" and err.count("Traceback") == 1, err
+    assert "GLFW" not in err
+    assert list(cli_dir.iterdir()) == [] and list(lor_dir.iterdir()) == []
 
 
 def test_cli_builds_into_env_var_dir(tmp_path, monkeypatch, capsys):
@@ -280,10 +403,10 @@ def evaluate_scripted_policy(name, *, policy="oracle", episodes=3, seed=0, repla
     import ogbench
     from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
 
-    from flowrl.data._ogbench import quiet_gym_warnings
+    from flowrl.data._ogbench import quiet_env_warnings
     from flowrl.data.rebuild._plan import PLAN_NOISE, PLAN_NOISE_SMOOTHING
 
-    with quiet_gym_warnings():
+    with quiet_env_warnings():
         env = ogbench.make_env_and_datasets(name, env_only=True)
     rng = np.random.default_rng(seed)
     np.random.seed(seed)

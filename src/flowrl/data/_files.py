@@ -98,13 +98,29 @@ def metadata_path(dataset: str, dataset_dir: str | os.PathLike[str]) -> Path:
 # Messages.
 
 
-def rebuild_command(dataset: str, dataset_dir: str | os.PathLike[str], *, workers: int = 2) -> str:
-    """The shell command that rebuilds `dataset` (a stem such as `cube-single-play-v0`) at the
-    official size into `dataset_dir`."""
+def rebuild_targets(dataset: str, dataset_dir: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
+    """The files a rebuild of `dataset` (a stem such as `cube-single-play-v0`) writes into
+    `dataset_dir`: the training file, the validation file and the rebuild record."""
+    d = Path(dataset_dir)
+    return d / f"{dataset}.npz", d / f"{dataset}-val.npz", metadata_path(dataset, d)
+
+
+def rebuild_command(
+    dataset: str,
+    dataset_dir: str | os.PathLike[str],
+    *,
+    episodes: int | None = None,
+    workers: int = 2,
+    overwrite: bool = False,
+) -> str:
+    """The shell command that rebuilds `dataset` (a stem such as `cube-single-play-v0`) into
+    `dataset_dir` with `episodes` training episodes (default: the official count)."""
     parsed = parse_ogbench_name(dataset)
+    episodes = parsed.official_episodes if episodes is None else episodes
     return (
-        f"python -m flowrl.data.rebuild {dataset} --episodes {parsed.official_episodes} "
+        f"python -m flowrl.data.rebuild {dataset} --episodes {episodes} "
         f"--workers {workers} --dir {shlex.quote(str(dataset_dir))}"
+        + (" --overwrite" if overwrite else "")
     )
 
 
@@ -137,31 +153,69 @@ def not_rebuildable_message(parsed: OGBenchName, directory: Path | None = None) 
     )
 
 
+def _status(paths: Sequence[Path]) -> str:
+    return "\n".join(f"  {p} ({'found' if p.exists() else 'missing'})" for p in paths)
+
+
+def _directory_note() -> str:
+    return (
+        f"(The directory is the `dataset_dir` argument, else ${DATASET_DIR_ENV}, else "
+        f"{DEFAULT_DATASET_DIR}.)"
+    )
+
+
 def missing_files_message(parsed: OGBenchName, paths: Sequence[Path], directory: Path) -> str:
     """The loader's `FileNotFoundError` text: which files are missing, that flowrl never
-    downloads, and either the rebuild command or why the dataset cannot be rebuilt."""
-    status = "\n".join(f"  {p} ({'found' if p.exists() else 'missing'})" for p in paths)
+    downloads, and either the rebuild command (with `--overwrite` when some of the files a
+    rebuild writes exist already) or why the dataset cannot be rebuilt."""
     lines = [
         f"OGBench dataset {parsed.dataset!r} (for {parsed.name!r}) is not complete in {directory}:",
-        status,
+        _status(paths),
         "flowrl never downloads (OGBench's download has no timeout and fails offline).",
     ]
     if parsed.rebuildable:
+        found = [p for p in rebuild_targets(parsed.dataset, directory) if p.exists()]
         urls = " and ".join(f"{OFFICIAL_URL}/{p.name}" for p in paths)
+        replaces = f" (it replaces {', '.join(p.name for p in found)})" if found else ""
         lines += [
             "Rebuild it locally from the scripted oracles shipped with ogbench "
             f"(about {_rebuild_minutes(parsed, 2):.0f} min on 2 worker processes; the result is "
             "a local rebuild with the official distribution, not the official numbers, and must "
-            "be labelled as such):",
-            f"  {rebuild_command(parsed.dataset, directory)}",
+            f"be labelled as such){replaces}:",
+            f"  {rebuild_command(parsed.dataset, directory, overwrite=bool(found))}",
             f"or download the official files ({urls}) into {directory}",
         ]
     else:
         lines.append(not_rebuildable_message(parsed, directory))
-    lines.append(
-        f"(The directory is the `dataset_dir` argument, else ${DATASET_DIR_ENV}, else "
-        f"{DEFAULT_DATASET_DIR}.)"
+    lines.append(_directory_note())
+    return "\n".join(lines)
+
+
+def partial_dataset_message(
+    parsed: OGBenchName, directory: Path, *, episodes: int, workers: int
+) -> str:
+    """Why an automatic rebuild ([`flowrl.data.load_or_rebuild`][]) does not start when some
+    of the files it would write exist: which are found and missing, and the exact commands that
+    complete the dataset."""
+    targets = rebuild_targets(parsed.dataset, directory)
+    found = [p for p in targets if p.exists()]
+    command = rebuild_command(
+        parsed.dataset, directory, episodes=episodes, workers=workers, overwrite=True
     )
+    lines = [
+        f"OGBench dataset {parsed.dataset!r} (for {parsed.name!r}) is incomplete in {directory}:",
+        _status(targets),
+        "It is not rebuilt automatically: that would replace the file(s) found, which flowrl "
+        f"never does on its own. Either rebuild the whole dataset ({episodes} episodes, as the "
+        f"automatic rebuild would), replacing {', '.join(p.name for p in found)}, and run again:",
+        f"  {command}",
+        "or delete the file(s) found and run again (the rebuild then starts by itself):",
+        f"  rm {' '.join(shlex.quote(str(p)) for p in found)}",
+    ]
+    if not targets[2].exists():  # no rebuild record: the files found may be official ones
+        missing = " and ".join(f"{OFFICIAL_URL}/{p.name}" for p in targets[:2] if not p.exists())
+        lines.append(f"or, if the file(s) found are official, download {missing} into {directory}")
+    lines.append(_directory_note())
     return "\n".join(lines)
 
 

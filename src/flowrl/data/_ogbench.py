@@ -121,10 +121,15 @@ def _require_singletask(parsed: OGBenchName) -> None:
 
 
 @contextlib.contextmanager
-def quiet_gym_warnings() -> Iterator[None]:
-    """Silence gymnasium's harmless float32-cast warning about OGBench's action spaces."""
+def quiet_env_warnings() -> Iterator[None]:
+    """Silence two harmless warnings while an OGBench environment is made: gymnasium's
+    float32-cast warning about the action spaces, and GLFW's errors while dm_control, on its
+    first import with `MUJOCO_GL` unset, probes for a display (on a headless machine "The
+    DISPLAY environment variable is missing", once per process; dm_control then falls back to
+    EGL or OSMesa). Nothing else is changed: `MUJOCO_GL` and `DISPLAY` are left alone."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
+        warnings.filterwarnings("ignore", module="glfw")
         yield
 
 
@@ -184,7 +189,7 @@ def load_ogbench(
     for p in paths:
         validate_ogbench_file(p, required=required)
     ogbench = _import_ogbench()
-    with quiet_gym_warnings():
+    with quiet_env_warnings():
         env, train, val = ogbench.make_env_and_datasets(
             name, dataset_dir=str(directory), compact_dataset=False, **dict(env_kwargs or {})
         )

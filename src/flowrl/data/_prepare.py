@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ._files import partial_dataset_message, rebuild_targets, resolve_dataset_dir
 from ._names import parse_ogbench_name
-from ._ogbench import OGBenchData, _import_ogbench, load_ogbench
+from ._ogbench import OGBenchData, _import_ogbench, load_ogbench, quiet_env_warnings
 from ._shards import OGBenchShardLoader, find_shards
 
 
@@ -25,8 +26,13 @@ def load_or_rebuild(
     (its `rebuilt` flag is then `True`). Datasets that cannot be rebuilt (antmaze, humanoidmaze)
     raise the loader's `FileNotFoundError`, which says where to get the official files.
 
+    Files are never replaced: when some of the files a rebuild writes exist (say the training
+    file without its `-val` file), nothing is rebuilt and the `FileNotFoundError` lists them and
+    gives the commands that complete the dataset.
+
     The rebuild's worker processes are spawned: a script that calls this with
-    `rebuild_workers > 1` must do so under `if __name__ == "__main__":`.
+    `rebuild_workers > 1` must do so under `if __name__ == "__main__":`. Ctrl-C during the
+    rebuild stops the workers, leaves no file behind and raises one `KeyboardInterrupt`.
 
     **Returns:** an [`flowrl.data.OGBenchData`][].
     """
@@ -38,20 +44,30 @@ def load_or_rebuild(
         parsed = parse_ogbench_name(name)
         if not parsed.rebuildable:
             raise
-        print(
-            f"{e}\n\nRebuilding {rebuild_episodes} episodes locally instead (results on "
-            "rebuilt data are labelled as such) ...",
-            flush=True,
+        missing = str(e)
+    # Outside the `except` block: an error or Ctrl-C in the rebuild is not "during handling" of
+    # the missing files.
+    directory = resolve_dataset_dir(dataset_dir)
+    if any(p.exists() for p in rebuild_targets(parsed.dataset, directory)):
+        raise FileNotFoundError(
+            partial_dataset_message(
+                parsed, directory, episodes=rebuild_episodes, workers=rebuild_workers
+            )
         )
-        rebuild_dataset(
-            parsed.dataset,
-            episodes=rebuild_episodes,
-            workers=rebuild_workers,
-            dataset_dir=dataset_dir,
-            seed=0,
-            progress=progress,
-        )
-        return load_ogbench(name, dataset_dir=dataset_dir, sparse_reward=sparse_reward)
+    print(
+        f"{missing}\n\nRebuilding {rebuild_episodes} episodes locally instead (results on "
+        "rebuilt data are labelled as such) ...",
+        flush=True,
+    )
+    rebuild_dataset(
+        parsed.dataset,
+        episodes=rebuild_episodes,
+        workers=rebuild_workers,
+        dataset_dir=directory,
+        seed=0,
+        progress=progress,
+    )
+    return load_ogbench(name, dataset_dir=directory, sparse_reward=sparse_reward)
 
 
 def load_sharded_ogbench(
@@ -75,7 +91,8 @@ def load_sharded_ogbench(
     val_path = shards[0].with_name(shards[0].stem + "-val.npz")
     train = loader(shards[0])
     val = loader(val_path) if val_path.exists() else train
-    env = _import_ogbench().make_env_and_datasets(name, env_only=True)
+    with quiet_env_warnings():
+        env = _import_ogbench().make_env_and_datasets(name, env_only=True)
     rebuilt = any(directory.glob("*.flowrl-rebuild.json"))
     return OGBenchData(
         env=env,

@@ -33,7 +33,7 @@ from ._dataset import Dataset
 from ._files import DatasetFileError, required_keys, resolve_dataset_dir, validate_ogbench_file
 from ._names import parse_ogbench_name
 from ._npz import save_npz_atomic
-from ._ogbench import _import_ogbench, postprocess, quiet_gym_warnings
+from ._ogbench import _import_ogbench, postprocess, quiet_env_warnings
 
 _FLAT_KEYS = ("observations", "actions", "next_observations", "rewards", "masks", "terminals")
 
@@ -166,7 +166,7 @@ class OGBenchShardLoader:
         from ogbench.relabel_utils import relabel_dataset
 
         if self._env is None:
-            with quiet_gym_warnings():
+            with quiet_env_warnings():
                 self._env = ogbench.make_env_and_datasets(
                     self.name, env_only=True, **self.env_kwargs
                 )

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .._files import metadata_path, resolve_dataset_dir
+from .._files import rebuild_targets, resolve_dataset_dir
 from ._plan import plan_rebuild
 from ._workers import generate
 from ._write import check_targets, publish, rebuild_record
@@ -88,10 +88,9 @@ def rebuild_dataset(
         seed=seed,
     )
     workers = max(1, int(workers))
-    directory = resolve_dataset_dir(dataset_dir)
-    train_path = directory / f"{plan.dataset}.npz"
-    val_path = directory / f"{plan.dataset}-val.npz"
-    meta_path = metadata_path(plan.dataset, directory)
+    train_path, val_path, meta_path = rebuild_targets(
+        plan.dataset, resolve_dataset_dir(dataset_dir)
+    )
     check_targets([train_path, val_path, meta_path], overwrite=overwrite)
 
     train, val, retries, seconds = generate(plan, workers, progress)

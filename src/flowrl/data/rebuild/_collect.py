@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._names import OGBenchName
-from .._ogbench import quiet_gym_warnings
+from .._ogbench import quiet_env_warnings
 from ._plan import (
     MARKOV_MIN_NORM,
     MARKOV_NOISE,
@@ -99,7 +99,7 @@ class Collector:
         )
         if self.parsed.domain != "pointmaze":
             kwargs["mode"] = "data_collection"
-        with quiet_gym_warnings():
+        with quiet_env_warnings():
             self.env: Any = gymnasium.make(plan.env_id, **kwargs)
         self.retries = 0
         if self.parsed.domain == "pointmaze":

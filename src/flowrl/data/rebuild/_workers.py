@@ -1,14 +1,19 @@
 """Running the episodes: in this process or in a pool of spawned workers, each holding one
 collection environment, with the rows stored by `(split, index)` so that the result does not
-depend on the number of workers or on scheduling."""
+depend on the number of workers or on scheduling.
+
+Ctrl-C is handled by this process alone: the workers ignore SIGINT (from the moment they are
+spawned, so an interrupt while they import is not theirs either), the pool is terminated, and
+one `KeyboardInterrupt` is raised, without the pool's internal exceptions as its context."""
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
+import signal
+import threading
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -23,7 +28,8 @@ Episode = tuple[int, int, dict[str, np.ndarray], int]
 
 
 def _worker_init(plan: RebuildPlan) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Also here, for a pool started outside the main thread (see `_sigint_ignored`).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER["collector"] = Collector(plan)
 
 
@@ -49,8 +55,26 @@ def _episodes(
             collector.close()
         return
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, initializer=_worker_init, initargs=(plan,)) as pool:
+    with _sigint_ignored():
+        pool = ctx.Pool(workers, initializer=_worker_init, initargs=(plan,))
+    with pool:  # leaving the block, also by an interrupt, terminates the workers
         yield from pool.imap_unordered(_worker_episode, jobs, 1)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT in this process while the workers are spawned: they inherit the ignored
+    signal through `exec`, and Python then installs no `KeyboardInterrupt` handler in them.
+    Outside the main thread (where handlers cannot be set) the workers' initializer ignores it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: a handler installed outside Python; leave it
+            signal.signal(signal.SIGINT, previous)
 
 
 class _Buffers:
@@ -101,6 +125,10 @@ def generate(
                 rate = done_rows / (time.perf_counter() - start)
                 bar.set_postfix(steps_per_s=f"{rate:.0f}")
                 bar.update(1)
+    except KeyboardInterrupt:
+        # The workers are gone (closing the generator terminated the pool); what was being
+        # handled when the interrupt arrived (inside the pool, the oracles) is not news.
+        raise KeyboardInterrupt from None
     finally:
         bar.close()
     seconds = time.perf_counter() - start
