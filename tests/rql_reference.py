@@ -28,10 +28,10 @@ def actor_from(z, prefix, obs_dim, action_dim, hidden):
     return eqx.tree_at(lambda m: tuple(lin.bias for lin in m.net.layers), v, biases)
 
 
-def critic_from(z, prefix, obs_dim, action_dim, hidden, k):
-    c = flowrl.joint_critic(
-        obs_dim, action_dim, hidden_sizes=hidden, num_members=k, key=jax.random.key(0)
-    )
+def critic_from(z, prefix, obs_dim, action_dim, hidden, k, build=flowrl.joint_critic):
+    """The critic ensemble at `prefix`, into the flowrl critic that `build` makes (RQL's joint
+    critic by default; FQL's `flowrl.ensemble_critic` has the same member layout)."""
+    c = build(obs_dim, action_dim, hidden_sizes=hidden, num_members=k, key=jax.random.key(0))
     n = len(hidden)
     dense = [f"{prefix}/value_net/Dense_{i}" for i in range(n + 1)]
     ln = [f"{prefix}/value_net/LayerNorm_{i}" for i in range(n)]
