@@ -25,6 +25,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -95,9 +96,8 @@ def train_one(cfg: CompareConfig, name: str, seed: int) -> float:
         print(f"{name} seed {seed}: finished run in {path}, reused")
         return math.nan
     resume = record.checkpoint_step is not None and not cfg.rerun
-    if cfg.rerun:
-        for f in path.glob("*.csv"):
-            f.unlink()
+    if not resume and path.exists():  # train anew: fx.run refuses a directory holding a run
+        shutil.rmtree(path)
     run_cfg = learner.default_config(
         env_name=cfg.env_name,
         seed=seed,

@@ -39,8 +39,8 @@ def test_learner_trains_two_seeds_and_resumes_bitwise(name, tiny_cube_dir, tmp_p
     full = fx.run(tiny(name, tiny_cube_dir, tmp_path / "full", steps=100), learner)
     part = fx.run(tiny(name, tiny_cube_dir, tmp_path / "part", steps=50), learner)
     fx.run(tiny(name, tiny_cube_dir, tmp_path / "x", steps=100, resume=str(part)), learner)
-    checkpoint = Path("checkpoint") / "checkpoint.eqx"
-    assert (full / checkpoint).read_bytes() == (part / checkpoint).read_bytes()
+    files = [fx.latest_checkpoint(run / "checkpoint")[0] / "state.eqx" for run in (full, part)]
+    assert files[0].read_bytes() == files[1].read_bytes()
     runs = [fx.read_run(full / f"seed{s}") for s in (0, 1)]
     for record in runs:
         assert [r["step"] for r in record.eval] == [0, 50, 100]

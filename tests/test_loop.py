@@ -1,11 +1,17 @@
-"""The shared driver and loop, proven on a two-parameter toy learner (no RQL): bitwise resume,
-Ctrl-C, stacked seeds, seeds sharded over 2 virtual devices, shard swapping, the learner's
-metric names, and the run records tools read back."""
+"""The shared driver and loop, proven on a two-parameter toy learner (no RQL): bitwise resume
+(also after SIGTERM, from another process, and from a fallback checkpoint), Ctrl-C, stacked
+seeds, seeds sharded over 2 virtual devices, shard swapping, the learner's metric names, and
+the run records tools read back."""
 
 import dataclasses
 import json
 import os
 import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -111,7 +117,7 @@ def saved_state(run_dir, seeds=None):
     return state
 
 
-def test_the_toy_learner_learns_and_logs_its_own_metric_names(tmp_path):
+def test_the_toy_learner_learns_and_logs_its_own_metric_names(tmp_path, capsys):
     run = fx.run(config(tmp_path, "a", steps=60, eval_every=30, eval_episodes=20), TOY)
     record = fx.read_run(run)
     assert [r["step"] for r in record.eval] == [0, 30, 60]
@@ -122,12 +128,18 @@ def test_the_toy_learner_learns_and_logs_its_own_metric_names(tmp_path):
     assert record.data == load_toy("toy-bandit").record()
     assert record.config["lr"] == 0.5 and record.config["horizon"] == 1
     assert (run / "learning_curve.png").stat().st_size > 1000
+    success = record.eval[-1]["success"]
+    assert (
+        f"final evaluation at step 60: success rate {success:.3f}; learning curve "
+        f"{run / 'learning_curve.png'}"
+    ) in capsys.readouterr().out
 
 
 def test_progress_bar_shows_the_learners_metrics(tmp_path, capsys):
     fx.run(config(tmp_path, "bar", progress=True), TOY)
     err = capsys.readouterr().err
     assert "fit=" in err and "success=" in err and "critic" not in err
+    assert "step/s" in err and "steps_per_s" not in err  # one rate: tqdm's
 
 
 def test_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path):
@@ -143,9 +155,15 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path):
     assert [r["step"] for r in fx.read_run(part).eval] == [0, 20, 40]
 
 
-def test_stacked_seeds_on_two_devices_equal_separate_runs(tmp_path):
+def test_stacked_seeds_on_two_devices_equal_separate_runs(tmp_path, capsys):
     assert jax.device_count() == 2  # conftest: two virtual CPU devices
     both = fx.run(config(tmp_path, "both", seeds=(3, 5)), TOY)
+    success = [fx.read_run(both / f"seed{s}").eval[-1]["success"] for s in (3, 5)]
+    assert (
+        f"final evaluation at step 40: success rate {np.mean(success):.3f} (mean over 2 seeds; "
+        f"seed 3 {success[0]:.3f}, seed 5 {success[1]:.3f}); learning curve "
+        f"{both / 'seed*' / 'learning_curve.png'}"
+    ) in capsys.readouterr().out
     stacked = saved_state(both, seeds=(3, 5))
     for i, s in enumerate((3, 5)):
         one = fx.run(config(tmp_path, f"one{s}", seed=s), TOY)
@@ -172,28 +190,146 @@ def test_seeds_sharded_over_two_devices_equal_the_unsharded_stack(tmp_path):
     assert m_sharded["fit"].shape == (cfg.block, 2)
 
 
-def test_ctrl_c_finishes_the_block_saves_and_stops(tmp_path, capsys):
-    cfg = resolve(config(tmp_path, "stop", steps=40, eval_every=40))
-    data = load_toy("toy-bandit")
-    block = fx.make_block(TOY, cfg)
-
-    def interrupted(dataset, state):
-        out = block(dataset, state)
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first block runs
-        return out
-
+def loop(tmp_path, name, steps, *, wrap=lambda block: block, learner=TOY, resume=False, **options):
+    """Train the toy learner through `train_loop`, its block wrapped by `wrap`; the config is
+    saved without `steps`, so a resumed run may go further."""
+    eval_every = options.pop("eval_every", 20)
+    cfg = resolve(config(tmp_path, name, steps=steps, eval_every=eval_every))
     options = fx.LoopOptions(
-        run_dir=tmp_path / "stop", steps=40, block_size=10, eval_every=40, eval_episodes=2,
-        config=dataclasses.asdict(cfg), progress=False,
+        run_dir=tmp_path / name, steps=steps, block_size=10, eval_every=eval_every,
+        eval_episodes=2,
+        config=dataclasses.asdict(dataclasses.replace(cfg, run_dir=None, steps=None)),
+        resume=resume, progress=False, **options,
     )  # fmt: skip
-    state, step = fx.train_loop(
-        init(cfg, 2, 1, jax.random.key(0)), interrupted, data, fx.make_policy(TOY, cfg), options
+    return fx.train_loop(
+        init(cfg, 2, 1, jax.random.key(0)),
+        wrap(fx.make_block(learner, cfg)),
+        load_toy("toy-bandit"),
+        fx.make_policy(learner, cfg),
+        options,
     )
+
+
+def state_file(run_dir):
+    return fx.latest_checkpoint(run_dir / "checkpoint")[0] / "state.eqx"
+
+
+def assert_same_run(a, b):
+    """Two run directories hold the same checkpoint, byte for byte, and the same logs."""
+    assert state_file(a).read_bytes() == state_file(b).read_bytes()
+    for split in ("train", "val", "eval"):
+        assert rows(a, split) == rows(b, split), split
+
+
+def interrupting(sig):
+    def wrap(block):
+        def interrupted(dataset, state):
+            out = block(dataset, state)
+            os.kill(os.getpid(), sig)  # while the block runs
+            return out
+
+        return interrupted
+
+    return wrap
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_finishes_the_block_saves_stops_and_resumes_bitwise(
+    tmp_path, capsys, sig
+):
+    before = signal.getsignal(sig)
+    state, step = loop(tmp_path, "stop", 40, wrap=interrupting(sig))
     assert step == 10
+    assert signal.getsignal(sig) is before  # the previous handler restored
     assert [r["step"] for r in fx.read_run(tmp_path / "stop").train] == [10]
     assert fx.read_run(tmp_path / "stop").checkpoint_step == 10
-    assert f"continue with --resume {tmp_path / 'stop'}" in capsys.readouterr().out
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    out = capsys.readouterr().out
+    assert (
+        f"Interrupted: saved step 10 to {tmp_path / 'stop' / 'checkpoint' / 'step_00000010'}; "
+        f"continue with --resume {tmp_path / 'stop'}"
+    ) in out
+    assert "last evaluation at step 0: success rate" in out
+    loop(tmp_path, "full", 40)
+    _, step = loop(tmp_path, "stop", 40, resume=True)
+    assert step == 40
+    assert_same_run(tmp_path / "full", tmp_path / "stop")
+
+
+def test_sigterm_to_a_training_process_saves_and_resumes_bitwise(tmp_path):
+    """A real process (blocks slowed to 0.1 s) gets SIGTERM after its first block: it saves and
+    exits 0; resumed here, it ends as an uninterrupted run does."""
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import jax
+        jax.config.update("jax_threefry_partitionable", True)  # as conftest.py
+        import test_loop
+
+        def slow(block):
+            return lambda dataset, state: (time.sleep(0.1), block(dataset, state))[1]
+
+        test_loop.loop(Path({str(tmp_path)!r}), "term", 100_000, wrap=slow)
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        train_log = tmp_path / "term" / "train.csv"
+        for _ in range(1200):  # the first block logged: the handlers are installed
+            if train_log.exists() and len(train_log.read_text().splitlines()) > 1:
+                break
+            if process.poll() is not None:
+                break
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, out
+    step = fx.read_run(tmp_path / "term").checkpoint_step
+    assert step and f"Interrupted: saved step {step} to" in out
+    loop(tmp_path, "full", step + 20)
+    loop(tmp_path, "term", step + 20, resume=True)
+    assert_same_run(tmp_path / "full", tmp_path / "term")
+
+
+def test_resuming_from_step_0_does_not_evaluate_step_0_again(tmp_path):
+    def act_then_stop(cfg, state, obs, key):  # SIGTERM during the step-0 evaluation
+        os.kill(os.getpid(), signal.SIGTERM)
+        return act(cfg, state, obs, key)
+
+    _, step = loop(tmp_path, "zero", 20, learner=dataclasses.replace(TOY, act=act_then_stop))
+    assert step == 0 and fx.read_run(tmp_path / "zero").checkpoint_step == 0
+    loop(tmp_path, "zero", 20, resume=True)
+    assert [r["step"] for r in fx.read_run(tmp_path / "zero").eval] == [0, 20]
+
+
+def test_a_damaged_latest_checkpoint_falls_back_and_resumes_bitwise(tmp_path):
+    loop(tmp_path, "full", 60, eval_every=10)
+    loop(tmp_path, "part", 30, eval_every=10, keep_checkpoints=3)
+    folder = tmp_path / "part" / "checkpoint"
+    assert sorted(p.name for p in folder.iterdir()) == [f"step_000000{s}" for s in (10, 20, 30)]
+    damaged = folder / "step_00000030" / "state.eqx"
+    data = bytearray(damaged.read_bytes())
+    data[128:136] = np.array(
+        [1.0, -1.0], np.float32
+    ).tobytes()  # other weights (after the .npy header)
+    damaged.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=f"{damaged} does not match the sha256"):
+        _, step = loop(tmp_path, "part", 60, eval_every=10, resume=True, keep_checkpoints=3)
+    assert step == 60
+    assert sorted(p.name for p in folder.iterdir()) == [f"step_000000{s}" for s in (40, 50, 60)]
+    assert_same_run(tmp_path / "full", tmp_path / "part")
+
+
+def test_the_driver_keeps_the_newest_keep_checkpoints(tmp_path):
+    run = fx.run(config(tmp_path, "k", eval_every=10, keep_checkpoints=3), TOY)
+    assert sorted(p.name for p in (run / "checkpoint").iterdir()) == [
+        f"step_000000{s}" for s in (20, 30, 40)
+    ]
 
 
 def shard_stream(shards):

@@ -2,7 +2,6 @@
 --shard-dir data path, and the documented multi-process launch."""
 
 import dataclasses
-import json
 import os
 import socket
 import subprocess
@@ -43,11 +42,11 @@ def train(cfg):
 
 
 def leaves(run_dir):
-    cfg = json.loads((run_dir / "config.json").read_text())
-    cfg = rql.resolve(dataclasses.replace(rql.Config(), **{**cfg, "hidden": tuple(cfg["hidden"])}))
+    cfg = rql.resolve(fx.restore_config(rql.Config(), run_dir)[0])
     like = rql.init(cfg, 28, cfg.horizon * 5, jax.random.key(0))
+    may_differ = (*fx.RUN_CONTROL, *fx.RUN_RECORD)
     state, step = fx.load_checkpoint(
-        run_dir / "checkpoint", like, dataclasses.asdict(cfg), may_differ=fx.RUN_CONTROL
+        run_dir / "checkpoint", like, dataclasses.asdict(cfg), may_differ=may_differ
     )
     return step, [
         np.asarray(x)
@@ -114,8 +113,8 @@ def test_two_processes_train_as_one_process_on_two_devices(tiny_cube_dir, tmp_pa
         assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert jax.device_count() == 2  # conftest: two virtual CPU devices in this process
     single = train(tiny(tiny_cube_dir, tmp_path / "single", steps=200, seeds=(0, 1)))
-    same = (multi / "checkpoint" / "checkpoint.eqx").read_bytes()
-    assert same == (single / "checkpoint" / "checkpoint.eqx").read_bytes()
+    state_file = lambda run: fx.latest_checkpoint(run / "checkpoint")[0] / "state.eqx"
+    assert state_file(multi).read_bytes() == state_file(single).read_bytes()
     for s in (0, 1):  # written once, by process 0, with every seed's figures
         for split, steps in (("train", [100, 200]), ("eval", [0, 100, 200]), ("val", [100, 200])):
             rows = [fx.CSVLogger(run / f"seed{s}").read(split) for run in (multi, single)]
@@ -179,7 +178,7 @@ def test_shards_swap_every_n_steps_and_resume_bitwise(tiny_shard_dir, tmp_path):
     rows = fx.CSVLogger(full).read("train")
     assert [r["shard"] for r in rows] == [0, 1, 2, 3]  # a new shard every 100 steps
     part = train(tiny(tiny_shard_dir, tmp_path / "part", steps=200, eval_every=200, **over))
-    train(tiny(tiny_shard_dir, tmp_path / "x", steps=400, resume=str(part), **over))
+    train(tiny(tiny_shard_dir, tmp_path / "x", steps=400, eval_every=200, resume=str(part), **over))
     (s_full, a), (s_part, b) = leaves(full), leaves(part)
     assert s_full == s_part == 400
     for x, y in zip(a, b, strict=True):

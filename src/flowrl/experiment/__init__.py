@@ -6,9 +6,13 @@ hosts, and summaries over seeds. The maths (`import flowrl`) never imports this 
 """
 
 from ._checkpoints import CheckpointError as CheckpointError
+from ._checkpoints import latest_checkpoint as latest_checkpoint
 from ._checkpoints import load_checkpoint as load_checkpoint
 from ._checkpoints import save_checkpoint as save_checkpoint
+from ._cli import main as main
 from ._config import RUN_CONTROL as RUN_CONTROL
+from ._config import RUN_RECORD as RUN_RECORD
+from ._config import ConfigError as ConfigError
 from ._config import RunConfig as RunConfig
 from ._config import SolverName as SolverName
 from ._config import check_config as check_config
@@ -24,7 +28,6 @@ from ._distributed import same_placement as same_placement
 from ._distributed import seed_mesh as seed_mesh
 from ._distributed import shard_seeds as shard_seeds
 from ._driver import load_run_data as load_run_data
-from ._driver import main as main
 from ._driver import run as run
 from ._evaluation import EvalResult as EvalResult
 from ._evaluation import evaluate as evaluate
@@ -53,8 +56,10 @@ from ._stats import confidence_interval as confidence_interval
 
 __all__ = [
     "RUN_CONTROL",
+    "RUN_RECORD",
     "CSVLogger",
     "CheckpointError",
+    "ConfigError",
     "EvalResult",
     "ExtraWriters",
     "Interval",
@@ -75,6 +80,7 @@ __all__ = [
     "get_learner",
     "init_distributed",
     "init_seeds",
+    "latest_checkpoint",
     "load_checkpoint",
     "load_learners",
     "load_run_data",

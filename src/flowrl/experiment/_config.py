@@ -5,15 +5,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import diffrax
 
 from ._checkpoints import CheckpointError
+from ._records import CONFIG_FILE
 
 C = TypeVar("C", bound="RunConfig")
+
+
+class ConfigError(ValueError):
+    """A flag or a combination of flags is refused: the message names the flag, what it must
+    be and the value given. [`flowrl.experiment.main`][] prints it as one `error:` line and
+    exits with status 2, before any data are loaded or any device is touched."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,20 +113,31 @@ RUN_CONTROL = (
     "process_id",
 )
 """The [`flowrl.experiment.RunConfig`][] fields a resumed run may change: they steer the run
-(budget, outputs, processes), not its results."""
+(budget, outputs, processes), not its results. Resuming takes them from the resuming command
+where it sets them (`--steps` left unset keeps the saved budget); any other flag given must
+equal the saved value, or is applied with `--override` ([`flowrl.experiment.restore_config`][])."""
+
+RUN_RECORD = ("learner", "overrides")
+"""Keys of `config.json` besides the config's fields: the learner's name, and the overrides
+applied on resume (`--override`), each `{"step": s, "fields": {name: [saved, given]}}`."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def env_family(env_name: str, env_presets: Mapping[str, Any]) -> str:
     """The key of `env_presets` that `env_name` starts with (the longest one).
 
-    **Raises:** `ValueError` naming `--env-name`, the known families and what to pass instead.
+    **Raises:** [`flowrl.experiment.ConfigError`][] naming `--env-name`, the known families and
+    what to pass instead.
     """
     for family in sorted(env_presets, key=len, reverse=True):
         if env_name.startswith(family):
             return family
     fields = sorted({k for preset in env_presets.values() for k in preset})
     flags = " ".join("--" + k.replace("_", "-") for k in fields)
-    raise ValueError(
+    raise ConfigError(
         f"--env-name {env_name!r}: no preset for this environment; known families: "
         f"{sorted(env_presets)}. Pass {flags} explicitly to run it anyway."
     )
@@ -142,7 +160,8 @@ def fill_presets(
 
     **Returns:** a new config of the same class. Lists become tuples for tuple fields.
 
-    **Raises:** `ValueError` naming the unknown field of a preset, or the unknown environment.
+    **Raises:** `ValueError` naming the unknown field of a preset;
+    [`flowrl.experiment.ConfigError`][] for an environment without presets.
     """
     fields = {f.name for f in dataclasses.fields(cfg)}
     fill = dict(sizes[cfg.size])
@@ -159,62 +178,150 @@ def fill_presets(
 
 
 def check_config(cfg: RunConfig, checks: Mapping[str, tuple[bool, str]]) -> None:
-    """Validate a resolved config: the learner's `checks` and the run control's own.
+    """Validate a resolved config: the learner's `checks`, then the run control's own.
 
     `checks` maps a field name to `(ok, expected)`, e.g.
-    `{"kappa": (0 < cfg.kappa < 1, "in (0, 1)")}`. The first failing check raises `ValueError`
-    naming the command-line flag, the expected range and the value:
-    `--kappa must be in (0, 1), got 1.5`. Then the shared fields: `--horizon`, `--block` and
-    `--eval-episodes` must be positive, `--sparse-reward` set, and `--steps` and
-    `--eval-every` multiples of `--block`.
+    `{"kappa": (0 < cfg.kappa < 1, "in (0, 1)")}`. The first failing check raises
+    [`flowrl.experiment.ConfigError`][] naming the command-line flag, the expected range and
+    the value: `--kappa must be in (0, 1), got 1.5`. Then the shared fields:
+
+    - `--horizon`, `--steps`, `--block`, `--eval-every`, `--eval-episodes`,
+      `--rebuild-workers`, `--swap-every` and `--keep-checkpoints` at least 1, and so
+      `--rebuild-episodes` and `--num-processes` when set; `--sparse-reward` set;
+    - `--video-episodes` in `[0, --eval-episodes]`, `--process-id` in `[0, --num-processes)`;
+    - `--seed` and each of `--seeds` in `[0, 2^32)`, `--seeds` not empty and distinct;
+    - `--steps` and `--eval-every` multiples of `--block`, and `--swap-every` too with
+      `--shard-dir`.
     """
+    seeds = () if cfg.seeds is None else tuple(cfg.seeds)
+    at_least_one = lambda v: v is not None and v >= 1  # noqa: E731
+    processes = cfg.num_processes if cfg.num_processes is not None else float("inf")
     checks = {
         **checks,
-        "horizon": (cfg.horizon is not None and cfg.horizon >= 1, ">= 1"),
+        "horizon": (at_least_one(cfg.horizon), ">= 1"),
         "sparse_reward": (cfg.sparse_reward is not None, "true or false"),
+        "steps": (at_least_one(cfg.steps), ">= 1"),
         "block": (cfg.block >= 1, ">= 1"),
-        "eval_episodes": (cfg.eval_episodes is not None and cfg.eval_episodes >= 1, ">= 1"),
-        "steps": (cfg.steps is not None, "set"),
-        "eval_every": (cfg.eval_every is not None, "set"),
+        "eval_every": (at_least_one(cfg.eval_every), ">= 1"),
+        "eval_episodes": (at_least_one(cfg.eval_episodes), ">= 1"),
+        "video_episodes": (
+            0 <= cfg.video_episodes <= (cfg.eval_episodes or 0),
+            f"in [0, {cfg.eval_episodes}] (--eval-episodes)",
+        ),
+        "seed": (0 <= cfg.seed < 2**32, "in [0, 2^32)"),
+        "seeds": (
+            cfg.seeds is None or (seeds != () and all(0 <= s < 2**32 for s in seeds)),
+            "one or more seeds in [0, 2^32)",
+        ),
+        "rebuild_episodes": (cfg.rebuild_episodes is None or cfg.rebuild_episodes >= 1, ">= 1"),
+        "rebuild_workers": (cfg.rebuild_workers >= 1, ">= 1"),
+        "swap_every": (cfg.swap_every >= 1, ">= 1"),
+        "keep_checkpoints": (cfg.keep_checkpoints >= 1, ">= 1"),
+        "num_processes": (cfg.num_processes is None or cfg.num_processes >= 1, ">= 1"),
+        "process_id": (
+            cfg.process_id is None or 0 <= cfg.process_id < processes,
+            f"in [0, {processes}) (--num-processes)" if cfg.num_processes else ">= 0",
+        ),
     }
     for name, (ok, expected) in checks.items():
         if not ok:
-            flag = "--" + name.replace("_", "-")
-            raise ValueError(f"{flag} must be {expected}, got {getattr(cfg, name)!r}")
+            raise ConfigError(f"{_flag(name)} must be {expected}, got {getattr(cfg, name)!r}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"--seeds must be distinct, got {seeds} (repeated: {repeated})")
     assert cfg.steps is not None and cfg.eval_every is not None
     if cfg.eval_every % cfg.block or cfg.steps % cfg.block:
-        raise ValueError(
+        raise ConfigError(
             f"--steps ({cfg.steps}) and --eval-every ({cfg.eval_every}) must be multiples of "
             f"--block ({cfg.block})"
         )
+    if cfg.shard_dir and cfg.swap_every % cfg.block:
+        raise ConfigError(
+            f"--swap-every ({cfg.swap_every}) must be a multiple of --block ({cfg.block}) "
+            "with --shard-dir"
+        )
 
 
-def restore_config(given: C, run_dir: str | os.PathLike[str], keep: tuple[str, ...]) -> C:
-    """The config of a run being resumed: the one saved in `run_dir/config.json`, with the
-    fields named in `keep` taken from `given` (the command line of the resuming call) where
-    they are not `None`.
+def _saved_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping in `run_dir/config.json`.
 
-    **Arguments:** `given`, a dataclass instance; `run_dir`; `keep`, field names.
-
-    **Returns:** a new instance of `given`'s class. Lists saved for tuple fields become tuples.
+    **Raises:** [`flowrl.experiment.CheckpointError`][] naming the file when it is missing,
+    unreadable, not JSON, or not a JSON object.
     """
-    path = Path(run_dir) / "config.json"
+    path = Path(run_dir) / CONFIG_FILE
     if not path.exists():
         raise CheckpointError(f"cannot resume: {path} does not exist")
-    saved = json.loads(path.read_text())
-    cls = type(given)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(saved) - fields)
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(saved).__name__}, not a config object")
+    return saved
+
+
+def restore_config(
+    cfg: C,
+    run_dir: str | os.PathLike[str],
+    keep: Collection[str] = RUN_CONTROL,
+    *,
+    given: Collection[str] = (),
+    override: bool = False,
+) -> tuple[C, dict[str, tuple[Any, Any]]]:
+    """The config of a run being resumed: the one saved in `run_dir/config.json`, with the
+    run-control fields of the resuming call, and the other fields that call gave refused
+    when they differ from the saved ones, or applied with `override`.
+
+    **Arguments:**
+
+    - `cfg`: the resuming call's config, an instance of the saved config's class.
+    - `run_dir`: the run directory.
+    - `keep`: fields taken from `cfg` where it sets them (not `None`); by default the run
+      control ([`flowrl.experiment.RUN_CONTROL`][]), so `--steps` left unset keeps the
+      saved budget.
+    - `given`: the fields the caller gave explicitly ([`flowrl.experiment.main`][]: the flags
+      of the command line). Those outside `keep` must equal the saved values.
+    - `override`: apply the given fields that differ instead of refusing them.
+
+    **Returns:** `(config, overridden)`: a new instance of `cfg`'s class (lists saved for
+    tuple fields become tuples), and each applied field's `(saved, given)` values (empty
+    without `override`).
+
+    **Raises:** [`flowrl.experiment.ConfigError`][] with one line per differing field,
+    `--alpha: saved 10.0, given 3.0`; [`flowrl.experiment.CheckpointError`][] naming
+    `config.json` when it is missing or damaged, or holds fields `cfg`'s class lacks.
+    """
+    path = Path(run_dir) / CONFIG_FILE
+    saved = {k: v for k, v in _saved_config(run_dir).items() if k not in RUN_RECORD}
+    cls = type(cfg)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(saved) - set(fields))
     if unknown:
         raise CheckpointError(f"{path} has fields {unknown} that {cls.__name__} does not know")
-    restored: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) and isinstance(getattr(given, k), tuple | None) else v
+    values: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) and isinstance(getattr(cfg, k), tuple | None) else v
         for k, v in saved.items()
     }
-    cfg = cls(**restored)
-    return dataclasses.replace(
-        cfg, **{k: getattr(given, k) for k in keep if getattr(given, k) is not None}
-    )
+    restored = cls(**values)
+    differ = {
+        k: (getattr(restored, k), getattr(cfg, k))
+        for k in fields
+        if k in given and k not in keep and getattr(restored, k) != getattr(cfg, k)
+    }
+    if differ and not override:
+        lines = [f"  {_flag(k)}: saved {a!r}, given {b!r}" for k, (a, b) in differ.items()]
+        raise ConfigError(
+            "\n".join(
+                [
+                    f"--resume {run_dir}: {len(differ)} flag(s) differ from the saved config",
+                    *lines,
+                    "pass --override to apply them, or leave them out to continue as saved",
+                ]
+            )
+        )
+    kept = {k: getattr(cfg, k) for k in keep if getattr(cfg, k) is not None}
+    changed = {k: given_value for k, (_, given_value) in differ.items()}
+    return dataclasses.replace(restored, **kept, **changed), differ
 
 
 SolverName = Literal["euler", "heun", "midpoint", "ralston", "bosh3", "tsit5"]
@@ -236,9 +343,9 @@ def make_solver(name: str) -> diffrax.AbstractSolver:
     `tsit5` (5), each used on the flow's fixed grid of `F` steps by [`flowrl.sample`][] and
     the reversals.
 
-    **Raises:** `ValueError` naming `--solver` and the known names.
+    **Raises:** [`flowrl.experiment.ConfigError`][] naming `--solver` and the known names.
     """
     try:
         return _SOLVERS[name]()
     except KeyError:
-        raise ValueError(f"--solver must be one of {sorted(_SOLVERS)}, got {name!r}") from None
+        raise ConfigError(f"--solver must be one of {sorted(_SOLVERS)}, got {name!r}") from None

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 
-from ._config import RUN_CONTROL, RunConfig, check_config, restore_config
+from ._checkpoints import latest_checkpoint
+from ._config import (
+    RUN_CONTROL,
+    RUN_RECORD,
+    ConfigError,
+    RunConfig,
+    _saved_config,
+    check_config,
+    restore_config,
+)
 from ._distributed import _broadcast_text, init_distributed, init_seeds
 from ._learner import Learner, make_block, make_policy, make_validation
 from ._loop import LoopOptions, RunData, train_loop
+from ._records import CONFIG_FILE, checkpoint_dir
 
 
 def load_run_data(cfg: RunConfig) -> tuple[RunData, Callable[[int], Iterator[Any]] | None]:
@@ -48,50 +59,181 @@ def load_run_data(cfg: RunConfig) -> tuple[RunData, Callable[[int], Iterator[Any
     return data, None
 
 
-def _run_dir(cfg: RunConfig, learner: Learner, seeds: Sequence[int]) -> Path:
-    tag = "_".join(map(str, seeds))
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = cfg.resume or cfg.run_dir or f"runs/{learner.name.lower()}-{cfg.env_name}-s{tag}-{stamp}"
-    if jax.process_count() > 1:
-        if not cfg.seeds:
-            raise ValueError(
-                f"{jax.process_count()} processes need --seeds (a multiple of the "
-                f"{jax.device_count()} devices of all processes): with one seed every process "
-                "would train the same run"
-            )
-        name = _broadcast_text(str(name))  # process 0's (its time stamp)
-    return Path(name)
+def _check_call(cfg: RunConfig) -> None:
+    """The flags that only make sense with another one, as given (before a resume restores
+    the saved config)."""
+    if cfg.override and not cfg.resume:
+        raise ConfigError("--override needs --resume (it applies changed flags to a saved run)")
+    for name in ("coordinator", "num_processes", "process_id"):
+        if getattr(cfg, name) is not None and not cfg.distributed:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} needs --distributed, got {getattr(cfg, name)!r}")
 
 
-def run(cfg: RunConfig, learner: Learner, *, resumable: tuple[str, ...] = RUN_CONTROL) -> Path:
-    """Run a learner from its config: join a multi-host run if asked, restore the config of a
-    resumed run, resolve the presets, load the data ([`flowrl.experiment.load_run_data`][]),
-    initialise one state or a stack of seeds (sharded over the devices), and hand over to
-    [`flowrl.experiment.train_loop`][].
+def _check_learner(saved: Mapping[str, Any], learner: Learner, what: str) -> None:
+    owner = saved.get("learner")
+    if owner is not None and owner != learner.name:
+        raise ConfigError(
+            f"{what}: a run of the learner {owner!r}, not {learner.name!r}; resume it with the "
+            f"file of {owner!r}, or pick another --run-dir"
+        )
 
-    **Arguments:** `cfg`, an instance of `learner.config`; `learner`, the
-    [`flowrl.experiment.Learner`][]; `resumable`, the config fields a resumed run may change.
+
+def _check_resume_dir(run_dir: Path, learner: Learner) -> dict[str, Any]:
+    """The saved `config.json` of the run `--resume` names, with the learner's name checked."""
+    if not run_dir.is_dir():
+        why = "not a directory" if run_dir.exists() else "no such directory"
+        raise ConfigError(f"--resume {run_dir}: {why}")
+    if not (run_dir / CONFIG_FILE).exists():
+        raise ConfigError(
+            f"--resume {run_dir}: no run there (no {CONFIG_FILE}); start one with --run-dir"
+        )
+    saved = _saved_config(run_dir)
+    _check_learner(saved, learner, f"--resume {run_dir}")
+    return saved
+
+
+def _check_new_run_dir(run_dir: Path, learner: Learner) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir}: a file, not a directory")
+    if (run_dir / CONFIG_FILE).exists():
+        _check_learner(_saved_config(run_dir), learner, f"--run-dir {run_dir}")
+        raise ConfigError(
+            f"--run-dir {run_dir}: holds a run already (its logs would mix with this one's); "
+            f"continue it with --resume {run_dir}, or pick another --run-dir"
+        )
+
+
+def _check_writable(run_dir: Path, flag: str) -> None:
+    """The run directory, or its nearest existing parent, is a directory this process may
+    write in (a missing run directory is created by the loop)."""
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {run_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {run_dir}: no permission to write in {existing}")
+
+
+def _check_paths(cfg: RunConfig) -> None:
+    if cfg.shard_dir and not Path(cfg.shard_dir).is_dir():
+        raise ConfigError(f"--shard-dir {cfg.shard_dir}: no such directory")
+    if cfg.dataset_dir and Path(cfg.dataset_dir).exists() and not Path(cfg.dataset_dir).is_dir():
+        raise ConfigError(f"--dataset-dir {cfg.dataset_dir}: a file, not a directory")
+
+
+def _given(cfg: RunConfig, learner: Learner) -> tuple[str, ...]:
+    default = learner.default_config()
+    return tuple(
+        f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)
+    )
+
+
+def _prepare_run(
+    cfg: RunConfig, learner: Learner, resumable: tuple[str, ...], given: Collection[str] | None
+) -> tuple[RunConfig, Path, dict[str, Any]]:
+    """The checks of [`flowrl.experiment.run`][] before any work. **Returns:** the resolved
+    config, the run directory, and the entries `config.json` keeps besides the config."""
+    _check_call(cfg)
+    given = _given(cfg, learner) if given is None else given
+    record: dict[str, Any] = {"learner": learner.name, "overrides": []}
+    if cfg.resume:
+        run_dir = Path(cfg.resume)
+        saved = _check_resume_dir(run_dir, learner)
+        cfg, overridden = restore_config(
+            cfg, run_dir, resumable, given=given, override=cfg.override
+        )
+        record["overrides"] = list(saved.get("overrides", []))
+        _, step = latest_checkpoint(checkpoint_dir(run_dir))  # verified, before the data load
+        if overridden:
+            fields = {k: list(pair) for k, pair in overridden.items()}
+            record["overrides"].append({"step": step, "fields": fields})
+            print(f"Overriding {sorted(fields)} of {run_dir} from step {step}")
+    cfg = learner.resolve(cfg)
+    check_config(cfg, {})  # the shared fields, also for a learner whose resolve checks none
+    if not cfg.resume:
+        tag = "_".join(map(str, cfg.seeds or (cfg.seed,)))
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(cfg.run_dir or f"runs/{learner.name.lower()}-{cfg.env_name}-s{tag}-{stamp}")
+        _check_new_run_dir(run_dir, learner)
+    _check_writable(run_dir, "--resume" if cfg.resume else "--run-dir")
+    _check_paths(cfg)
+    return cfg, run_dir, record
+
+
+def _shared_run_dir(run_dir: Path, cfg: RunConfig) -> Path:
+    """With several processes: process 0's run directory (its time stamp), for all."""
+    if jax.process_count() == 1:
+        return run_dir
+    if not cfg.seeds:
+        raise ConfigError(
+            f"{jax.process_count()} processes need --seeds (a multiple of the "
+            f"{jax.device_count()} devices of all processes): with one seed every process "
+            "would train the same run"
+        )
+    return Path(_broadcast_text(str(run_dir)))
+
+
+def run(
+    cfg: RunConfig,
+    learner: Learner,
+    *,
+    resumable: tuple[str, ...] = RUN_CONTROL,
+    given: Collection[str] | None = None,
+) -> Path:
+    """Run a learner from its config: check it, join a multi-host run if asked, load the data
+    ([`flowrl.experiment.load_run_data`][]), initialise one state or a stack of seeds (sharded
+    over the devices), and hand over to [`flowrl.experiment.train_loop`][].
+
+    **Checks before any work** (no data loaded, no device touched, nothing written):
+
+    1. Flags that need another one: `--override` needs `--resume`; `--coordinator`,
+       `--num-processes`, `--process-id` need `--distributed`.
+    2. With `--resume DIR`: `DIR` holds a run (a readable `config.json`) of this learner. Its
+       saved config is restored ([`flowrl.experiment.restore_config`][]): the `resumable`
+       fields come from `cfg` where set, the other `given` fields that differ from the saved
+       values are refused, or applied with `--override` and recorded in `config.json`.
+    3. The presets and every range (`learner.resolve`, [`flowrl.experiment.check_config`][]).
+    4. The run directory (`--run-dir`, default `runs/<learner>-<env>-s<seeds>-<time>`;
+       with `--resume` the resumed one): not a file; without `--resume`, not holding a run
+       already (a `config.json`); it, or the parent it will be created in, writable.
+       `--shard-dir` is a directory, `--dataset-dir` not a file.
+
+    `config.json` holds the resolved config and the [`flowrl.experiment.RUN_RECORD`][]
+    entries: the learner's name, and the overrides applied on resume.
+
+    **Arguments:**
+
+    - `cfg`: an instance of `learner.config`.
+    - `learner`: the [`flowrl.experiment.Learner`][].
+    - `resumable`: the config fields a resumed run takes from `cfg` (where set) rather than
+      from the saved config.
+    - `given`: the fields the caller set explicitly, compared with a resumed run's saved
+      config. Default: the fields where `cfg` differs from `learner.default_config()`
+      ([`flowrl.experiment.main`][] passes the flags of its command line instead).
 
     **Returns:** the run directory.
+
+    **Raises:** before any work, [`flowrl.experiment.ConfigError`][] for a refused flag,
+    combination or run directory, [`flowrl.experiment.CheckpointError`][] for a damaged
+    `config.json`, `PermissionError` for a run directory this process may not write in;
+    then the errors of the data, the checkpoint and the loop.
     """
     if not isinstance(cfg, learner.config):
         raise TypeError(f"{learner.name}: the config must be a {learner.config.__name__}")
-    if cfg.distributed:
-        init_distributed(cfg.coordinator, cfg.num_processes, cfg.process_id)
-    if cfg.resume:  # the saved config, except the run-control fields given now
-        cfg = restore_config(cfg, cfg.resume, resumable)
-    cfg = learner.resolve(cfg)
-    check_config(cfg, {})  # the shared fields, also for a learner whose resolve checks none
+    cfg, run_dir, record = _prepare_run(cfg, learner, resumable, given)
     assert cfg.horizon is not None and cfg.steps is not None and cfg.eval_every is not None
     assert cfg.eval_episodes is not None
+    if cfg.distributed:
+        init_distributed(cfg.coordinator, cfg.num_processes, cfg.process_id)
     seeds = tuple(cfg.seeds) if cfg.seeds else (cfg.seed,)
-    run_dir = _run_dir(cfg, learner, seeds)
+    run_dir = _shared_run_dir(run_dir, cfg)
     data, shards = load_run_data(cfg)
     dims = (data.train.obs_dim, cfg.horizon * data.train.action_dim)
     if cfg.seeds:  # a stacked state, seed axis first, split over the devices
         state = init_seeds(lambda k: learner.init(cfg, *dims, k), seeds)
     else:
         state = learner.init(cfg, *dims, jax.random.key(cfg.seed))
+    overridden = {k for entry in record["overrides"] for k in entry["fields"]}
     options = LoopOptions(
         run_dir=run_dir,
         steps=cfg.steps,
@@ -100,9 +242,9 @@ def run(cfg: RunConfig, learner: Learner, *, resumable: tuple[str, ...] = RUN_CO
         eval_episodes=cfg.eval_episodes,
         seeds=seeds,
         stacked=bool(cfg.seeds),
-        config=dataclasses.asdict(cfg),
+        config={**dataclasses.asdict(cfg), **record},
         resume=bool(cfg.resume),
-        may_differ=resumable,
+        may_differ=(*resumable, *RUN_RECORD, *sorted(overridden)),
         progress=cfg.progress,
         tensorboard=cfg.tensorboard,
         track=cfg.track,
@@ -116,16 +258,3 @@ def run(cfg: RunConfig, learner: Learner, *, resumable: tuple[str, ...] = RUN_CO
     policy, validate = make_policy(learner, cfg), make_validation(learner, cfg)
     train_loop(state, block, data, policy, options, validate=validate, shards=shards)
     return run_dir
-
-
-def main(learner: Learner, args: Sequence[str] | None = None) -> Path:
-    """The command line of a learner file: parse `learner.config` with tyro (every field a
-    flag, its docstring the help; `learner.defaults` applied) and [`flowrl.experiment.run`][]
-    it. An example ends with `if __name__ == "__main__": main(LEARNER)`.
-
-    **Returns:** the run directory.
-    """
-    import tyro
-
-    cfg = tyro.cli(learner.config, default=learner.default_config(), args=args)
-    return run(cfg, learner)

@@ -15,7 +15,7 @@ import equinox as eqx
 import jax
 
 from .._blocks import jit_block
-from ._config import RunConfig
+from ._config import RUN_RECORD, RunConfig
 
 C = TypeVar("C", bound=RunConfig)
 S = TypeVar("S")
@@ -34,7 +34,8 @@ class Learner(Generic[C, S]):
     **Fields:**
 
     - `name`: a short name for run directories, the registry and plots (e.g. `"rql"`).
-    - `config`: the config class, a frozen [`flowrl.experiment.RunConfig`][] subclass.
+    - `config`: the config class, a frozen [`flowrl.experiment.RunConfig`][] subclass (no
+      field named as a [`flowrl.experiment.RUN_RECORD`][] entry).
     - `init(cfg, obs_dim, action_dim, key) -> state`: a pytree of arrays; `action_dim` is the
       flat chunk size `h * |A|` with `h = cfg.horizon`.
     - `step(cfg, state, dataset) -> (state, metrics)`: ONE update, unjitted: it samples its
@@ -67,6 +68,11 @@ class Learner(Generic[C, S]):
         if not self.config.__dataclass_params__.frozen:  # type: ignore[attr-defined]
             raise TypeError(f"Learner {self.name!r}: `config` must be a frozen dataclass")
         fields = {f.name for f in dataclasses.fields(self.config)}
+        if fields & set(RUN_RECORD):
+            raise TypeError(
+                f"Learner {self.name!r}: `config` fields may not be named {RUN_RECORD} "
+                "(config.json keeps the run record under these names)"
+            )
         unknown = sorted(set(self.defaults) - fields)
         if unknown:
             raise TypeError(f"Learner {self.name!r}: `defaults` name unknown fields {unknown}")

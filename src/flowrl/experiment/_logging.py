@@ -110,8 +110,9 @@ class _Progress:
 
 
 def progress(total: int, initial: int = 0, *, enabled: bool = True) -> _Progress:
-    """A tqdm progress bar over gradient steps; `update(n, **latest)` shows the latest figures
-    (steps/s, losses, success). `enabled=False` gives a silent stand-in."""
+    """A tqdm progress bar over gradient steps, with one rate (tqdm's steps/s);
+    `update(n, **latest)` shows the latest figures beside it (losses, success).
+    `enabled=False` gives a silent stand-in."""
     return _Progress(total, initial, enabled)
 
 

@@ -1,5 +1,5 @@
 """The training loop every learner shares: blocks of fused updates, logs, validation,
-evaluation of every seed, checkpoints, resume and Ctrl-C."""
+evaluation of every seed, checkpoints, resume, Ctrl-C and SIGTERM."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from ._checkpoints import load_checkpoint, save_checkpoint
+from ._checkpoints import _checkpoint_path, load_checkpoint, save_checkpoint
 from ._distributed import _gather_rows, _process_mesh, fetch_to_host, replicate, same_placement
 from ._evaluation import evaluate
 from ._logging import CSVLogger, ExtraWriters, plot_learning_curve, progress, save_video
@@ -77,12 +77,14 @@ class LoopOptions:
     - `seeds`: the seeds; `stacked=True` when the state carries a leading axis of one entry
       per seed (then logs go to `run_dir/seed<s>/`), else exactly one seed.
     - `config`: the run's config as a JSON-able mapping (saved, and checked on resume).
-    - `resume`: load `run_dir/checkpoint` first; `may_differ` lists the config fields a
+    - `resume`: load the newest usable checkpoint of `run_dir/checkpoint` first
+      ([`flowrl.experiment.load_checkpoint`][]); `may_differ` lists the config fields a
       resumed run may change.
     - `progress`, `tensorboard`, `track`, `video_episodes`, `title`: outputs; `metrics`: the
       training metrics shown in the progress bar and plotted.
     - `swap_every`: with training shards, steps per shard (a multiple of `block_size`).
-    - `keep_checkpoints`: how many checkpoints to keep, the newest first.
+    - `keep_checkpoints`: how many checkpoints to keep (>= 1): the newest ones, so that a
+      damaged latest one falls back to the one before.
     """
 
     run_dir: Path
@@ -113,6 +115,8 @@ class LoopOptions:
                 f"steps ({self.steps}) and eval_every ({self.eval_every}) must be multiples of "
                 f"the block size ({self.block_size} >= 1)"
             )
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
 
     @property
     def seed_dirs(self) -> list[Path]:
@@ -149,6 +153,7 @@ class _Run:
             options.run_dir.mkdir(parents=True, exist_ok=True)
             self.loggers = [CSVLogger(d) for d in options.seed_dirs]
         self.interrupted = False
+        self.saved: int | None = None  # the step of the last checkpoint written or loaded
         self.bar = None
 
     def place(self, tree):
@@ -162,6 +167,7 @@ class _Run:
                 checkpoint_dir(opt.run_dir), state, opt.config, may_differ=opt.may_differ
             )
             state = same_placement(loaded, state)  # keep the template's devices / shardings
+            self.saved = start
             for logger in self.loggers:
                 logger.truncate_after(start)
             if self.lead:
@@ -187,7 +193,10 @@ class _Run:
 
     def save(self, step: int, whole) -> None:
         if self.lead:
-            save_checkpoint(checkpoint_dir(self.opt.run_dir), whole, self.opt.config, step)
+            opt = self.opt
+            keep = opt.keep_checkpoints
+            save_checkpoint(checkpoint_dir(opt.run_dir), whole, opt.config, step, keep=keep)
+        self.saved = step
 
     def evaluate_and_save(self, step: int, state) -> float:
         """Evaluate every seed (seed `i` in process `i % process_count`), log, checkpoint."""
@@ -244,8 +253,25 @@ class _Run:
     def show(self, rows: Rows, success: float | None) -> None:
         assert self.bar is not None
         shown = {name: rows[0].get(name) for name in self.opt.metrics}
-        self.bar.update(
-            self.opt.block_size, steps_per_s=rows[0]["steps_per_s"], **shown, success=success
+        self.bar.update(self.opt.block_size, **shown, success=success)
+
+    def report(self, which: str) -> None:
+        """Print the last evaluation's success rate (the mean over seeds and each seed's) and
+        where the learning curves are."""
+        opt = self.opt
+        last = [rows[-1] for logger in self.loggers if (rows := logger.read("eval"))]
+        if len(last) != len(opt.seeds):  # an eval.csv removed by hand
+            return
+        success = [row["success"] for row in last]
+        seeds = ""
+        curves = opt.seed_dirs[0] / "learning_curve.png"
+        if opt.stacked:
+            each = ", ".join(f"seed {s} {v:.3f}" for s, v in zip(opt.seeds, success, strict=True))
+            seeds = f" (mean over {len(success)} seeds; {each})"
+            curves = opt.run_dir / "seed*" / "learning_curve.png"
+        print(
+            f"{which} evaluation at step {int(last[0]['step'])}: success rate "
+            f"{np.mean(success):.3f}{seeds}; learning curve {curves}"
         )
 
     def close(self) -> None:
@@ -256,19 +282,21 @@ class _Run:
 
     def finish(self, step: int, halted: bool, state, first_block_s: float | None) -> None:
         opt = self.opt
-        if halted:
+        if halted and step != self.saved:  # (every process: `whole` is a collective)
             self.save(step, self.whole(state))
         if not self.lead:
             return
         if halted:
             print(
-                f"Interrupted: saved step {step} to {checkpoint_dir(opt.run_dir)}; "
+                f"Interrupted: saved step {step} to "
+                f"{_checkpoint_path(checkpoint_dir(opt.run_dir), step)}; "
                 f"continue with --resume {opt.run_dir}"
             )
         label = "rebuilt" if self.data.record().get("rebuilt") else "official"
         for s, d, logger in zip(opt.seeds, opt.seed_dirs, self.loggers, strict=True):
             title = f"{opt.title} seed {s} ({label} data)"
             plot_learning_curve(logger, d / "learning_curve.png", title=title, losses=opt.metrics)
+        self.report("last" if halted else "final")
         if first_block_s is not None:
             print(
                 f"first block (compile + {opt.block_size} steps) {first_block_s:.1f}s; "
@@ -317,8 +345,12 @@ def train_loop(
     and the last good checkpoint stays), logs the block's mean metrics and steps/s to
     `train.csv`, the `validate` losses on the validation split to `val.csv`, and every
     `eval_every` steps (and at step 0) evaluates the policy
-    ([`flowrl.experiment.evaluate`][]) into `eval.csv` and saves a checkpoint. Ctrl-C finishes
-    the current block, saves, and returns. At the end a learning curve is plotted.
+    ([`flowrl.experiment.evaluate`][]) into `eval.csv` and saves a checkpoint
+    ([`flowrl.experiment.save_checkpoint`][], keeping the newest `keep_checkpoints`). Ctrl-C
+    (SIGINT) or SIGTERM (a scheduler's preemption, `timeout`, `docker stop`) finishes the
+    current block, saves, prints how to resume, and returns; the previous handlers are
+    restored on exit. At the end a learning curve is plotted and the last evaluation's
+    success rate printed (the mean over seeds and each seed's).
 
     **Several seeds in one process.** With `options.stacked`, `state` carries a leading axis
     with one entry per seed, `block` updates all of them at once (a `vmap` inside the scan)
@@ -331,12 +363,13 @@ def train_loop(
     [`flowrl.experiment.init_seeds`][]), every process runs this loop with the same arguments.
     The training data are placed on every device, the metrics gathered from all processes,
     and seed `i` evaluated by process `i % process_count`; process 0 alone writes the logs,
-    the config and the checkpoints. Ctrl-C in any process stops all of them after the
-    current block.
+    the config and the checkpoints. Ctrl-C or SIGTERM in any process stops all of them after
+    the current block.
 
     Random streams: evaluation and validation draw from keys derived from the seed and the
     step, never from the learner's state, so a resumed run is bitwise identical to an
-    uninterrupted one.
+    uninterrupted one. A resumed run keeps the logged rows up to its checkpoint's step (the
+    step-0 evaluation is not repeated) and drops those after it.
 
     **Arguments:**
 
@@ -358,14 +391,19 @@ def train_loop(
     if validate is not None and options.stacked:
         validate = eqx.filter_vmap(validate, in_axes=(None, 0, 0))
     val = run.place(data.val) if validate is not None else None
-    previous = signal.signal(signal.SIGINT, lambda *_: setattr(run, "interrupted", True))
+
+    def stop(*_) -> None:
+        run.interrupted = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     first_block_s, halted, sets = None, False, None
     try:
         state, step = run.restore(state)
         sets = _training_sets(data, shards, options, step)
         raw = next(sets)
         train = run.place(raw)
-        success = run.evaluate_and_save(0, state) if step == 0 else None
+        fresh = step == 0 and not options.resume  # a resumed step 0 was evaluated already
+        success = run.evaluate_and_save(0, state) if fresh else None
         while step < options.steps and not (halted := run.stop_now()):
             state, rows, elapsed = run.train_block(block, train, state, step)
             step += options.block_size
@@ -385,6 +423,7 @@ def train_loop(
         if sets is not None:
             sets.close()
         run.close()
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     run.finish(step, halted, state, first_block_s)
     return state, step

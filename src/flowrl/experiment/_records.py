@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ._checkpoints import _saved_steps
 from ._logging import CSVLogger
 
 CONFIG_FILE = "config.json"
@@ -36,8 +37,10 @@ class RunRecord:
       locally rebuilt data must be labelled as such), `rebuild_record`.
     - `train`, `val`, `eval`: the rows of `train.csv`, `val.csv`, `eval.csv` (dicts of floats;
       `eval` has `step`, `success`, `return`, `length`).
-    - `checkpoint_step`: the step of the run's checkpoint (resume from it with `--resume`),
-      or `None` when there is none.
+    - `checkpoint_step`: the step of the run's newest checkpoint (resume from it with
+      `--resume`), or `None` when there is none. Its files are not verified here: resuming
+      verifies them (and falls back to an older checkpoint when they are damaged);
+      [`flowrl.experiment.latest_checkpoint`][] verifies them without loading.
     """
 
     path: Path
@@ -71,13 +74,22 @@ def read_run(path: str | os.PathLike[str]) -> RunRecord:
     record. For a run of several seeds pass `<run-dir>/seed<s>`; the config and the data
     record are then read from `<run-dir>`. A directory that holds no run yet gives empty rows
     and an empty config.
+
+    **Raises:** `ValueError` naming a `config.json` or `data.json` that is not valid JSON.
     """
     path = Path(path)
     top = path if (path / CONFIG_FILE).exists() else path.parent
-    read = lambda name: json.loads((top / name).read_text()) if (top / name).exists() else {}
+
+    def read(name: str) -> dict[str, Any]:
+        if not (top / name).exists():
+            return {}
+        try:
+            return json.loads((top / name).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{top / name} is not valid JSON ({e})") from None
+
     log = CSVLogger.reader(path)
-    meta = checkpoint_dir(top) / "checkpoint.json"
-    saved = json.loads(meta.read_text()) if meta.exists() else None
+    saved = _saved_steps(checkpoint_dir(top))
     return RunRecord(
         path=path,
         config=read(CONFIG_FILE),
@@ -85,10 +97,11 @@ def read_run(path: str | os.PathLike[str]) -> RunRecord:
         train=log.read("train"),
         val=log.read("val"),
         eval=log.read("eval"),
-        checkpoint_step=saved.get("step") if isinstance(saved, dict) else None,
+        checkpoint_step=saved[0][0] if saved else None,
     )
 
 
 def checkpoint_dir(run_dir: str | os.PathLike[str]) -> Path:
-    """Where the loop keeps a run's checkpoint."""
+    """The checkpoint folder of a run: `<run-dir>/checkpoint`, one `step_<step>/` directory
+    per kept checkpoint ([`flowrl.experiment.save_checkpoint`][])."""
     return Path(run_dir) / CHECKPOINT_DIR
