@@ -84,3 +84,14 @@ def test_draws_shapes_and_grid():
     assert set(np.round(grid * 10).astype(int)) == set(range(11))  # both ends included
     x0, t = flowrl.flow_matching_draws(jax.random.key(1), 64, 3)
     assert x0.shape == (64, 3) and t.shape == (64,) and 0 <= float(t.min()) <= float(t.max()) <= 1
+
+
+def test_expectile_weights_round_one_minus_kappa_from_kappas_own_precision():
+    """A Python kappa: 1 - kappa is taken in float64 and then rounded, as the training code has
+    always done (1 - float32(0.7) is one ulp below float32(1 - 0.7)), so the RQL and naive
+    updates stay bit for bit what they were."""
+    d = jnp.array([-1.0, 2.0], jnp.float32)
+    for kappa in (0.7, 0.9, 0.1):
+        got = flowrl.expectile_loss(d, jnp.zeros(2, jnp.float32), kappa)
+        want = jnp.where(d >= 0, kappa, 1.0 - kappa) * d**2
+        assert np.array_equal(np.asarray(got), np.asarray(want)), kappa

@@ -83,8 +83,10 @@ def expectile_loss(
     )
     check_range(where, "kappa", kappa)
     diff = as_float(target) - as_float(prediction)
-    kappa = jnp.asarray(kappa, diff.dtype)
-    weight = jnp.where(diff >= 0, kappa, 1.0 - kappa)
+    # 1 - kappa in kappa's own precision, then rounded: a Python kappa gives the same weights
+    # as before the conversion was added (1 - kappa in float32 can differ by one ulp).
+    above, below = jnp.asarray(kappa, diff.dtype), jnp.asarray(1.0 - kappa, diff.dtype)
+    weight = jnp.where(diff >= 0, above, below)
     return weight * diff**2
 
 
