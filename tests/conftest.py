@@ -59,6 +59,7 @@ def tiny_cube_dir(tmp_path_factory):
 # optax's Adam raises `decay ** count` with an int32 count, which strict dtype promotion refuses;
 # every test that trains through optax therefore runs with JAX's standard promotion.
 MATHS_TESTS = {
+    "test_baseline_parts",
     "test_flows",
     "test_losses",
     "test_networks_critics",

@@ -38,6 +38,9 @@ MATHS_NAMED = (
     "_policies",
     "_expanded",
     "_blocks",
+    "_checks",
+    "_selection",
+    "_improvement",
 )
 MATHS_ALLOWED = frozenset(
     {

@@ -37,6 +37,12 @@ from ._flows import euler_sample as euler_sample
 from ._flows import reverse_flow as reverse_flow
 from ._flows import sample as sample
 from ._flows import sample_path as sample_path
+from ._improvement import advantage_weights as advantage_weights
+from ._improvement import bc_penalized_actor_loss as bc_penalized_actor_loss
+from ._improvement import bc_penalized_value as bc_penalized_value
+from ._improvement import flow_value as flow_value
+from ._improvement import latent_critic_loss as latent_critic_loss
+from ._improvement import latent_critic_target as latent_critic_target
 from ._losses import expectile_loss as expectile_loss
 from ._losses import flow_matching_loss as flow_matching_loss
 from ._losses import fql_distillation_loss as fql_distillation_loss
@@ -66,6 +72,10 @@ from ._reversals import AbstractReversal as AbstractReversal
 from ._reversals import AuthorsReversal as AuthorsReversal
 from ._reversals import BackwardReversal as BackwardReversal
 from ._reversals import ExactReversal as ExactReversal
+from ._selection import Selection as Selection
+from ._selection import best_of_n as best_of_n
+from ._selection import best_of_n_by_critic as best_of_n_by_critic
+from ._selection import smoothed_action as smoothed_action
 from ._targets import periodic_update as periodic_update
 from ._targets import polyak_update as polyak_update
 from ._velocity import AbstractVelocityField as AbstractVelocityField
@@ -90,8 +100,14 @@ __all__ = [
     "MLP",
     "OneStepPolicy",
     "Reversal",
+    "Selection",
     "VelocityField",
     "action_value_target",
+    "advantage_weights",
+    "bc_penalized_actor_loss",
+    "bc_penalized_value",
+    "best_of_n",
+    "best_of_n_by_critic",
     "chunk_mask",
     "data",
     "discounted_window_sum",
@@ -111,6 +127,7 @@ __all__ = [
     "flow_matching_draws",
     "flow_matching_loss",
     "flow_step",
+    "flow_value",
     "fql_distillation_loss",
     "fql_q_loss",
     "freeze",
@@ -118,6 +135,8 @@ __all__ = [
     "jit_block",
     "joint_critic",
     "lambda_returns",
+    "latent_critic_loss",
+    "latent_critic_target",
     "n_step_bootstrapped_returns",
     "noise_value",
     "one_hop_actor_loss",
@@ -132,6 +151,7 @@ __all__ = [
     "sample",
     "sample_path",
     "scan_block",
+    "smoothed_action",
     "window_targets",
     "window_to_stream",
     "window_valid",

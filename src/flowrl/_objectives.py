@@ -12,6 +12,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, ScalarLike
 
 from ._checks import as_float, check_range, check_shapes, check_time
@@ -144,14 +145,22 @@ def flow_matching_batch(
     x0: Float[ArrayLike, "B A"],
     t: Float[ArrayLike, " B"],
     mask: Float[ArrayLike, "B A"] | None = None,
+    *,
+    weights: Float[ArrayLike, " B"] | None = None,
 ) -> tuple[Float[Array, ""], Float[Array, "B A"], Float[Array, "B A"]]:
     r"""Flow matching on the interpolant, averaged over the batch:
     $x_t = (1 - t) x_0 + t a$, $u = v(s, x_t, t)$, loss
-    $\frac1B \sum_b$ [`flowrl.flow_matching_loss`][]$(u_b, x_{0,b}, a_b, \text{mask}_b)$.
+    $\frac1B \sum_b w_b\,$[`flowrl.flow_matching_loss`][]$(u_b, x_{0,b}, a_b, \text{mask}_b)$.
+
+    The per-example weights $w_b$ (1 when `weights` is `None`) are NOT normalised: the sum is
+    divided by `B`, not by $\sum_b w_b$ (FAWAC's normalisation, with the clipped advantage
+    weights of [`flowrl.advantage_weights`][]).
 
     **Arguments:** `velocity`, a field `v(s, x, t)` on one example; `s`, `a` (the dataset
     chunks), `x0` (noise), `t` (times), batched; `mask`, optional per-coordinate weights
-    (chunk positions past a trajectory end set to 0).
+    (chunk positions past a trajectory end set to 0); `weights`, optional per-example
+    weights `(B,)`, `>= 0` (used as given: stop their gradient first if they depend on
+    trained parameters).
 
     **Returns:** `(loss, x_t, u)`: the points and velocities are returned for terms that reuse
     them (the one-hop value term at the interpolant).
@@ -164,16 +173,20 @@ def flow_matching_batch(
         ("x0", x0, "B A"),
         ("t", t, "B"),
         ("mask", mask, "B A"),
+        ("weights", weights, "B"),
     )
     check_time(where, "t", t)
+    check_range(where, "weights", weights, 0.0, np.inf)
     s, a, x0, t = as_float(s), as_float(a), as_float(x0), as_float(t)
     x_t = jax.vmap(interpolant)(x0, a, t)
     u = jax.vmap(velocity)(s, x_t, t)
     if mask is None:
-        loss = jnp.mean(jax.vmap(flow_matching_loss)(u, x0, a))
+        losses = jax.vmap(flow_matching_loss)(u, x0, a)
     else:
-        loss = jnp.mean(jax.vmap(flow_matching_loss)(u, x0, a, mask))
-    return loss, x_t, u
+        losses = jax.vmap(flow_matching_loss)(u, x0, a, mask)
+    if weights is not None:
+        losses = jnp.asarray(weights, losses.dtype) * losses
+    return jnp.mean(losses), x_t, u
 
 
 def one_hop_actor_loss(
