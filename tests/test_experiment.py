@@ -1,4 +1,5 @@
-"""Training-loop pieces: scan blocks, the divergence guard, CSV logs, checkpoints, evaluation."""
+"""Training-loop pieces: scan blocks, the divergence guard, CSV logs, checkpoints, videos
+(evaluation: tests/test_evaluation.py)."""
 
 import equinox as eqx
 import jax
@@ -153,49 +154,6 @@ def test_checkpoint_round_trip_with_keys_and_atomic_files(tmp_path):
         fx.load_checkpoint(tmp_path, like, {"a": (1, 3)})
     with pytest.raises(fx.CheckpointError, match="no checkpoint"):
         fx.load_checkpoint(tmp_path / "nothing", like, {})
-
-
-class CountdownEnv:
-    """Episodes of 5 steps; success when the summed actions exceed 2."""
-
-    def reset(self, seed=None):
-        self.t, self.total = 0, 0.0
-        return np.zeros(2, np.float32), {}
-
-    def step(self, action):
-        self.t += 1
-        self.total += float(np.sum(action))
-        done = self.t == 5
-        return np.zeros(2, np.float32), 1.0, False, done, {"success": self.total > 2}
-
-    def render(self):
-        return np.zeros((4, 4, 3), np.uint8)
-
-
-def test_evaluate_runs_chunks_open_loop():
-    calls = []
-
-    def policy(obs, i):
-        calls.append(i)
-        return np.full((2, 1), 0.5)  # a chunk of h = 2 actions
-
-    res = fx.evaluate(CountdownEnv(), policy, 3, render_episodes=1)
-    # 5 steps per episode with chunks of 2: 3 policy calls per episode (the last chunk is cut)
-    assert calls == list(range(9))
-    assert res.success == 1.0 and res.episode_return == 5.0 and res.episode_length == 5.0
-    assert len(res.frames) == 5
-
-
-class NoRenderer(CountdownEnv):
-    def render(self):
-        raise RuntimeError("no OpenGL context")
-
-
-def test_evaluate_without_a_renderer_skips_video_with_a_message(capsys):
-    res = fx.evaluate(NoRenderer(), lambda obs, i: np.ones((1, 1)), 2, render_episodes=2)
-    assert res.frames == [] and res.success == 1.0
-    assert capsys.readouterr().out.count("rendering skipped") == 1
-    assert fx.save_video([], "unused.mp4") is False
 
 
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # reading starts ffmpeg too

@@ -68,6 +68,7 @@ class OGBenchData:
       the files: results on these data must be labelled "rebuilt data", not compared as if they
       were the official data.
     - `metadata`: the rebuild record (seed, episodes, versions, command), or `None`.
+    - `env_kwargs`: the extra keyword arguments `env` was made with.
     """
 
     env: Any
@@ -77,6 +78,18 @@ class OGBenchData:
     dataset_dir: Path
     rebuilt: bool
     metadata: dict[str, Any] | None
+    env_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def make_env(self) -> Any:
+        """Another evaluation environment like `env` (the same task and `env_kwargs`), made by
+        OGBench without reading the datasets; an evaluation steps several together.
+
+        **Returns:** a new `gymnasium.Env`; close it when done.
+        """
+        with quiet_env_warnings():
+            return _import_ogbench().make_env_and_datasets(
+                self.name, env_only=True, **dict(self.env_kwargs)
+            )
 
     def record(self) -> dict[str, Any]:
         """What a run records about its data (the training loop writes it to `data.json`).
@@ -207,6 +220,7 @@ def load_ogbench(
         dataset_dir=directory,
         rebuilt=rebuilt,
         metadata=_read_metadata(meta_file) if rebuilt else None,
+        env_kwargs=dict(env_kwargs or {}),
     )
 
 

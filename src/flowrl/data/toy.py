@@ -15,6 +15,7 @@ obs, info = data.env.reset(seed=0)  # the Gymnasium reset/step API, info["succes
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -295,6 +296,14 @@ class ToyData:
     train: Dataset
     val: Dataset
     name: str
+
+    def make_env(self) -> Any:
+        """Another environment like `env` (a deep copy: the toy environments are plain NumPy
+        objects); an evaluation steps several together.
+
+        **Returns:** a new environment of the same kind and parameters.
+        """
+        return copy.deepcopy(self.env)
 
     @property
     def rebuilt(self) -> bool:

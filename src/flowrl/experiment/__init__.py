@@ -30,6 +30,7 @@ from ._distributed import shard_seeds as shard_seeds
 from ._driver import load_run_data as load_run_data
 from ._driver import run as run
 from ._evaluation import EvalResult as EvalResult
+from ._evaluation import batch_policy as batch_policy
 from ._evaluation import evaluate as evaluate
 from ._learner import Learner as Learner
 from ._learner import get_learner as get_learner
@@ -70,6 +71,7 @@ __all__ = [
     "RunData",
     "RunRecord",
     "SolverName",
+    "batch_policy",
     "check_config",
     "check_finite",
     "confidence_interval",

@@ -97,7 +97,8 @@ def make_block(learner: Learner[C, S], cfg: C, *, seeds: bool = False):
 
 
 def make_policy(learner: Learner[C, S], cfg: C):
-    """`policy(state, obs, key) -> (h, |A|) actions` for ONE seed's state, jitted."""
+    """`policy(state, obs, key) -> (h, |A|) actions` for ONE seed's state and ONE observation,
+    jitted (and traceable: [`flowrl.experiment.batch_policy`][] vmaps it over episodes)."""
     act = eqx.filter_jit(lambda state, obs, key: learner.act(cfg, state, obs, key))
     return lambda state, obs, key: act(state, jax.numpy.asarray(obs), key)
 

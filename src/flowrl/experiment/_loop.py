@@ -18,12 +18,15 @@ from jax.experimental import multihost_utils
 
 from ._checkpoints import _checkpoint_path, load_checkpoint, save_checkpoint
 from ._distributed import _gather_rows, _process_mesh, fetch_to_host, replicate, same_placement
-from ._evaluation import evaluate
+from ._evaluation import batch_policy, evaluate
 from ._logging import CSVLogger, ExtraWriters, plot_learning_curve, progress, save_video
 from ._records import checkpoint_dir, write_run_record
 
 S = TypeVar("S")
 Rows = list[dict[str, float]]
+# Environment copies stepped together in an evaluation, at most: each OGBench copy takes about
+# 0.5 s to build on the 2-core CPU (once per run), which 8 keeps below what batching saves.
+EVAL_ENVS = 8
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -51,7 +54,8 @@ def check_finite(metrics: Mapping[str, Any], first_step: int) -> None:
 class RunData(Protocol):
     """What the loop needs of the data: the training and validation datasets
     ([`flowrl.data.Dataset`][]), the evaluation environment (Gymnasium's `reset(seed=)` and
-    `step`, with `info["success"]`), and `record()`, where the data came from (written to
+    `step`, with `info["success"]`), `make_env()`, a new copy of that environment (an
+    evaluation steps several together), and `record()`, where the data came from (written to
     `data.json`: `name`, `dataset_dir`, `rebuilt`, `rebuild_record`).
     [`flowrl.data.OGBenchData`][] and [`flowrl.data.toy.ToyData`][] are such data."""
 
@@ -63,6 +67,8 @@ class RunData(Protocol):
 
     @property
     def env(self) -> Any: ...
+
+    def make_env(self) -> Any: ...
 
     def record(self) -> Mapping[str, Any]: ...
 
@@ -139,7 +145,9 @@ class _Run:
     """The open run: its outputs (only process 0 writes) and the pieces of one iteration."""
 
     def __init__(self, data: RunData, policy: Callable, options: LoopOptions, state: Any):
-        self.data, self.policy, self.opt = data, policy, options
+        self.data, self.opt = data, options
+        self.policy = batch_policy(policy)  # one call per chunk for all episodes of a seed
+        self.envs: list[Any] = []  # data.env and its copies, made at the first evaluation
         self.mesh = _process_mesh(state)
         if jax.process_count() > 1 and (self.mesh is None or not options.stacked):
             raise ValueError(
@@ -199,7 +207,8 @@ class _Run:
         self.saved = step
 
     def evaluate_and_save(self, step: int, state) -> float:
-        """Evaluate every seed (seed `i` in process `i % process_count`), log, checkpoint."""
+        """Evaluate every seed (seed `i` in process `i % process_count`; its episodes together
+        on the environment copies), log, checkpoint."""
         opt, whole = self.opt, self.whole(state)
         results = {}
         for i, s in enumerate(opt.seeds):
@@ -208,10 +217,13 @@ class _Run:
             one = _seed_slice(whole, i) if opt.stacked else whole
             if self.mesh is not None:  # host values: onto this process's device, once
                 one = jax.device_put(one, jax.local_devices()[0])
+            if not self.envs:
+                copies = min(opt.eval_episodes, EVAL_ENVS) - 1
+                self.envs = [self.data.env, *(self.data.make_env() for _ in range(copies))]
             key = jax.random.fold_in(jax.random.key(s + 1), step)
             result = evaluate(
-                self.data.env,
-                lambda obs, j, one=one, key=key: self.policy(one, obs, jax.random.fold_in(key, j)),
+                self.envs,
+                lambda obs, e, j, one=one, key=key: self.policy(one, obs, key, e, j),
                 opt.eval_episodes,
                 seed=10_000 * s + step // opt.block_size,
                 render_episodes=opt.video_episodes,
@@ -277,6 +289,8 @@ class _Run:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        for env in self.envs[1:]:  # the copies; data.env belongs to the data
+            env.close()
         for writer in self.writers:
             writer.close()
 
@@ -345,7 +359,9 @@ def train_loop(
     and the last good checkpoint stays), logs the block's mean metrics and steps/s to
     `train.csv`, the `validate` losses on the validation split to `val.csv`, and every
     `eval_every` steps (and at step 0) evaluates the policy
-    ([`flowrl.experiment.evaluate`][]) into `eval.csv` and saves a checkpoint
+    ([`flowrl.experiment.evaluate`][]: the episodes of a seed on `data.env` and up to 31 copies
+    from `data.make_env()`, made once, one batched policy call per chunk,
+    [`flowrl.experiment.batch_policy`][]) into `eval.csv` and saves a checkpoint
     ([`flowrl.experiment.save_checkpoint`][], keeping the newest `keep_checkpoints`). Ctrl-C
     (SIGINT) or SIGTERM (a scheduler's preemption, `timeout`, `docker stop`) finishes the
     current block, saves, prints how to resume, and returns; the previous handlers are
@@ -368,16 +384,20 @@ def train_loop(
 
     Random streams: evaluation and validation draw from keys derived from the seed and the
     step, never from the learner's state, so a resumed run is bitwise identical to an
-    uninterrupted one. A resumed run keeps the logged rows up to its checkpoint's step (the
-    step-0 evaluation is not repeated) and drops those after it.
+    uninterrupted one. At step `t`, seed `s`'s evaluation episode `e` resets with seed
+    `10_000 s + t / block_size + e`, and its `j`-th chunk draws from
+    `fold_in(fold_in(fold_in(key(s + 1), t), e), j)`: a stream per episode, so the results do
+    not depend on how many episodes run together. A resumed run keeps the logged rows up to
+    its checkpoint's step (the step-0 evaluation is not repeated) and drops those after it.
 
     **Arguments:**
 
     - `state`: the initial learner state (or a template of it when resuming).
     - `block`: `block(dataset, state) -> (state, metrics)`, jitted, state donated.
-    - `data`: the [`flowrl.experiment.RunData`][] (train, val, env, record).
+    - `data`: the [`flowrl.experiment.RunData`][] (train, val, env, make_env, record).
     - `policy`: `policy(state, observation, key) -> actions` of shape `(h, action_dim)` for
-      ONE seed's state.
+      ONE seed's state and ONE observation, traceable by JAX
+      ([`flowrl.experiment.make_policy`][]); the loop vmaps it over episodes.
     - `options`: the [`flowrl.experiment.LoopOptions`][].
     - `validate`: `validate(dataset, state, key) -> metrics` for one seed, or `None`.
     - `shards`: for datasets too large for memory, `shards(k)` returns an iterator of
