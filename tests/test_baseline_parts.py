@@ -11,9 +11,12 @@ import jax.numpy as jnp
 import jaxtyping
 import numpy as np
 import pytest
+from program_checks import (
+    assert_checks_leave_the_program_unchanged,
+    assert_float64_inputs_give_the_float32_result,
+)
 
 import flowrl
-from flowrl import _checks
 from flowrl._checks import InputError
 
 
@@ -494,21 +497,9 @@ def _programs():
 
 @pytest.mark.parametrize("name", list(_programs()))
 def test_checks_leave_the_traced_program_unchanged(name, monkeypatch):
-    fn, args = _programs()[name]
-
-    def program():  # a fresh function each time: no trace from jit's cache
-        return str(jax.make_jaxpr(jax.jit(lambda *a: fn(*a)))(*args))
-
-    with_checks = program()
-    monkeypatch.setattr(_checks, "ENABLED", False)
-    assert program() == with_checks
+    assert_checks_leave_the_program_unchanged(*_programs()[name], monkeypatch)
 
 
 @pytest.mark.parametrize("name", list(_programs()))
 def test_numpy_float64_inputs_give_the_float32_result(name):
-    fn, args = _programs()[name]
-    want = fn(*args)
-    got = fn(*(np.asarray(x, np.float64) for x in args))
-    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
-        assert g.dtype == w.dtype
-        np.testing.assert_array_equal(g, w)
+    assert_float64_inputs_give_the_float32_result(*_programs()[name])

@@ -17,6 +17,10 @@ import jax.numpy as jnp
 import jaxtyping
 import numpy as np
 import pytest
+from program_checks import (
+    assert_checks_leave_the_program_unchanged,
+    assert_float64_inputs_give_the_float32_result,
+)
 
 import flowrl
 from flowrl import _checks
@@ -308,11 +312,7 @@ def _float64(x):
 @pytest.mark.parametrize("name", [c[0] for c in _numpy_cases()])
 def test_numpy_float64_inputs_give_the_float32_result(name):
     (fn, args) = next((f, a) for n, f, a in _numpy_cases() if n == name)
-    want = fn(*args)
-    got = fn(*(a if isinstance(a, int) else _float64(a) for a in args))
-    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
-        assert g.dtype == w.dtype == jnp.float32
-        np.testing.assert_array_equal(g, w)
+    assert_float64_inputs_give_the_float32_result(fn, args, _float64)
 
 
 SCRIPT = """
@@ -418,14 +418,7 @@ def _programs():
 
 @pytest.mark.parametrize("name", list(_programs()))
 def test_checks_leave_the_traced_program_unchanged(name, monkeypatch):
-    fn, args = _programs()[name]
-
-    def program():  # a fresh function each time: no trace from jit's cache
-        return str(jax.make_jaxpr(jax.jit(lambda *a: fn(*a)))(*args))
-
-    with_checks = program()
-    monkeypatch.setattr(_checks, "ENABLED", False)
-    assert program() == with_checks
+    assert_checks_leave_the_program_unchanged(*_programs()[name], monkeypatch)
 
 
 def test_critic_sizes_are_static_and_serialisation_unchanged(tmp_path):
