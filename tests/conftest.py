@@ -61,6 +61,7 @@ def tiny_cube_dir(tmp_path_factory):
 MATHS_TESTS = {
     "test_baseline_parts",
     "test_flows",
+    "test_input_checks",
     "test_losses",
     "test_networks_critics",
     "test_objectives",
@@ -80,3 +81,15 @@ def strict_dtype_promotion(request):
         return
     with jax.numpy_dtype_promotion("strict"):
         yield
+
+
+@pytest.fixture
+def no_type_check_hook():
+    """Switch jaxtyping's hook off for one test: what a user sees without FLOWRL_TYPECHECK."""
+    import jaxtyping
+
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)

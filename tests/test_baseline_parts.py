@@ -445,15 +445,6 @@ BAD = {
 }
 
 
-@pytest.fixture
-def no_type_check_hook():
-    jaxtyping.config.update("jaxtyping_disable", True)
-    try:
-        yield
-    finally:
-        jaxtyping.config.update("jaxtyping_disable", False)
-
-
 @pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
 def test_bad_input_names_the_argument(case, no_type_check_hook):
     call, start = BAD[case]

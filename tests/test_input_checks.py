@@ -35,23 +35,6 @@ H1, H0 = jnp.ones(4), jnp.zeros(4)
 PATH = flowrl.reverse_flow(V, S, A, 0.5, steps=4, return_path=True).path
 
 
-@pytest.fixture(autouse=True)
-def strict_dtype_promotion():
-    # As in the maths tests: float64 numpy inputs must not need implicit promotion.
-    with jax.numpy_dtype_promotion("strict"):
-        yield
-
-
-@pytest.fixture
-def no_type_check_hook():
-    """Switch jaxtyping's hook off for one test: what a user sees without FLOWRL_TYPECHECK."""
-    jaxtyping.config.update("jaxtyping_disable", True)
-    try:
-        yield
-    finally:
-        jaxtyping.config.update("jaxtyping_disable", False)
-
-
 # (function named in the message, the bad call, the argument, what the message expects)
 BAD = {
     # The new user's cases.
