@@ -4,9 +4,10 @@ Finds the learners through flowrl.experiment's registry (every `*_ogbench.py` fi
 one registers its learners when loaded), runs each one's config in this process, one run at a
 time, with the same environment, data, gradient steps, network size, batch and evaluation for
 all; then reads every run back with `flowrl.experiment.read_run` and reports the FINAL success
-rate (the evaluation at the last step) per seed, its mean over seeds and a 95 % Student-t
-interval over seeds (`--interval bootstrap` for a percentile bootstrap; see
-`flowrl.experiment.confidence_interval`).
+rate (the evaluation at the last step) and the BEST one (the largest evaluation up to it) per
+seed, their means over seeds and 95 % Student-t intervals over seeds (`--interval bootstrap`
+for a percentile bootstrap; see `flowrl.experiment.confidence_interval`). Without
+`--learners`, every registered learner runs.
 
 Outputs in `--out`: `compare.md` (Markdown table with the data, budget and command),
 `compare.csv` (one row per learner), `runs.csv` (one row per run), `compare.png` (learning
@@ -47,8 +48,9 @@ def learners() -> dict[str, fx.Learner]:
 class CompareConfig:
     """Learners x seeds with one shared budget; everything else from each learner's presets."""
 
-    learners: tuple[str, ...] = ("rql", "fql", "naive")
-    """Registered learner names (the *_ogbench.py files beside this one register them)."""
+    learners: tuple[str, ...] = ()
+    """Registered learner names (the *_ogbench.py files beside this one register them); empty
+    (the default): every registered learner, in name order."""
     seeds: tuple[int, ...] = (0, 1)
     """Seeds; each learner runs once per seed."""
     env_name: str = "cube-single-play-singletask-task2-v0"
@@ -120,23 +122,29 @@ def train_one(cfg: CompareConfig, name: str, seed: int) -> float:
 
 
 def read_run(path: Path, steps: int) -> dict:
-    """Final success, the success curve and the mean training speed of one run directory."""
+    """Final success, best success (the largest evaluation up to `steps`), the success curve
+    and the mean training speed of one run directory."""
     record = fx.read_run(path)
     evals, train = record.eval, record.train
+    final = record.success_at(steps)  # raises if the run has no evaluation at `steps`
     return dict(
-        final=record.success_at(steps),
+        final=final,
+        best=max(r["success"] for r in evals if r["step"] <= steps),
         curve=([r["step"] for r in evals], [r["success"] for r in evals]),
         steps_per_s=float(np.mean([r["steps_per_s"] for r in train])) if train else math.nan,
     )
 
 
 def summarize(cfg: CompareConfig, wall: dict[tuple[str, int], float] | None = None) -> list[dict]:
-    """One row per learner: per-seed final success, mean, interval, speed, wall time."""
+    """One row per learner: per-seed final and best success, their means and intervals over
+    seeds, speed, wall time."""
     rows = []
     for learner in cfg.learners:
         runs = [read_run(run_dir(cfg, learner, s), cfg.steps) for s in cfg.seeds]
         finals = [r["final"] for r in runs]
+        bests = [r["best"] for r in runs]
         ci = fx.confidence_interval(finals, level=cfg.level, method=cfg.interval)
+        ci_best = fx.confidence_interval(bests, level=cfg.level, method=cfg.interval)
         walls = [(wall or {}).get((learner, s), math.nan) for s in cfg.seeds]
         rows.append(
             dict(
@@ -147,6 +155,10 @@ def summarize(cfg: CompareConfig, wall: dict[tuple[str, int], float] | None = No
                 mean=ci.mean,
                 low=ci.low,
                 high=ci.high,
+                bests=bests,
+                best_mean=ci_best.mean,
+                best_low=ci_best.low,
+                best_high=ci_best.high,
                 steps_per_s=float(np.mean([r["steps_per_s"] for r in runs])),
                 wall_min=float(np.mean(walls)) / 60,
                 curves=[r["curve"] for r in runs],
@@ -161,13 +173,15 @@ def markdown(cfg: CompareConfig, rows: list[dict], header: str) -> str:
         header,
         "",
         f"| learner | final success per seed | mean | {pct} % interval ({cfg.interval}) "
-        "| steps/s | wall min/run |",
-        "|---|---|--:|--:|--:|--:|",
+        f"| best success per seed | mean | {pct} % interval | steps/s | wall min/run |",
+        "|---|---|--:|--:|---|--:|--:|--:|--:|",
     ]
     for r in rows:
         per_seed = ", ".join(f"{x:.2f}" for x in r["finals"])
+        best = ", ".join(f"{x:.2f}" for x in r["bests"])
         lines.append(
             f"| {r['name']} | {per_seed} | {r['mean']:.3f} | [{r['low']:.3f}, {r['high']:.3f}] "
+            f"| {best} | {r['best_mean']:.3f} | [{r['best_low']:.3f}, {r['best_high']:.3f}] "
             f"| {r['steps_per_s']:.0f} | {r['wall_min']:.1f} |"
         )
     return "\n".join(lines) + "\n"
@@ -176,12 +190,14 @@ def markdown(cfg: CompareConfig, rows: list[dict], header: str) -> str:
 def write_csv(path: Path, rows: list[dict]) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["learner", "seeds", "finals", "mean", "low", "high", "steps_per_s", "wall_min"])
+        keys = ("mean", "low", "high", "best_mean", "best_low", "best_high")
+        w.writerow(["learner", "seeds", "finals", "bests", *keys, "steps_per_s", "wall_min"])
         for r in rows:
             finals = " ".join(f"{x:.4f}" for x in r["finals"])
+            bests = " ".join(f"{x:.4f}" for x in r["bests"])
             w.writerow(
-                [r["learner"], r["seeds"], finals]
-                + [f"{r[k]:.4f}" for k in ("mean", "low", "high", "steps_per_s", "wall_min")]
+                [r["learner"], r["seeds"], finals, bests]
+                + [f"{r[k]:.4f}" for k in (*keys, "steps_per_s", "wall_min")]
             )
 
 
@@ -242,6 +258,8 @@ def machine() -> str:
 
 def main(cfg: CompareConfig) -> Path:
     known = learners()
+    if not cfg.learners:
+        cfg = dataclasses.replace(cfg, learners=tuple(sorted(known)))
     unknown = sorted(set(cfg.learners) - set(known))
     if unknown:
         raise ValueError(f"--learners: unknown {unknown}; registered: {sorted(known)}")
@@ -264,7 +282,8 @@ def main(cfg: CompareConfig) -> Path:
         [
             f"**{cfg.env_name}**, {label}; {cfg.steps} gradient steps, hidden "
             f"{list(cfg.hidden)}, batch {cfg.batch_size}, K = {cfg.num_critics}; final success = "
-            f"the evaluation at step {cfg.steps} ({cfg.eval_episodes} evaluation episodes); seeds "
+            f"the evaluation at step {cfg.steps}, best = the largest evaluation up to it "
+            f"({cfg.eval_episodes} evaluation episodes each); seeds "
             f"{list(cfg.seeds)}.",
             "",
             f"Machine: {machine()}; total wall time {total_min:.1f} min "

@@ -65,6 +65,7 @@ MATHS_TESTS = {
     "test_losses",
     "test_networks_critics",
     "test_objectives",
+    "test_policies",
     "test_reversals",
     "test_sampler",
     "test_solvers",

@@ -44,6 +44,7 @@ def test_bootstrap_interval_known_numbers():
 
 
 FINALS = {("rql", 0): 0.5, ("rql", 1): 0.3, ("fql", 0): 0.1, ("fql", 1): 0.1}
+MIDDLE = {("rql", 0): 0.25, ("rql", 1): 0.4, ("fql", 0): 0.05, ("fql", 1): 0.05}  # step 100
 
 
 def fake_runs(tmp_path, steps=200):
@@ -53,7 +54,7 @@ def fake_runs(tmp_path, steps=200):
     for (learner, seed), final in FINALS.items():
         path = compare.run_dir(cfg, learner, seed)
         log = fx.CSVLogger(path)
-        for step, success in ((0, 0.0), (100, final / 2), (200, final)):
+        for step, success in ((0, 0.0), (100, MIDDLE[learner, seed]), (200, final)):
             log.log("eval", step, {"success": success, "return": -1.0, "length": 200})
         for step in (100, 200):
             log.log("train", step, {"critic_loss": 1.0, "steps_per_s": 50.0 + seed})
@@ -70,6 +71,8 @@ def test_summary_table_csv_and_plot_from_run_directories(tmp_path, capsys):
     cfg = fake_runs(tmp_path)
     rows = {r["learner"]: r for r in compare.summarize(cfg)}
     assert rows["rql"]["finals"] == [0.5, 0.3]
+    assert rows["rql"]["bests"] == [0.5, 0.4]  # seed 1 peaked before the end
+    np.testing.assert_allclose(rows["rql"]["best_mean"], 0.45)
     np.testing.assert_allclose(rows["rql"]["mean"], 0.4)
     half = 12.706205 * math.sqrt(0.02) / math.sqrt(2)  # t_{0.975, 1}, sd of (0.5, 0.3)
     np.testing.assert_allclose([rows["rql"]["low"], rows["rql"]["high"]], [0.4 - half, 0.4 + half])
@@ -79,8 +82,8 @@ def test_summary_table_csv_and_plot_from_run_directories(tmp_path, capsys):
     # main() on finished runs reuses them (no training) and writes every output.
     out = compare.main(cfg)
     md = (out / "compare.md").read_text()
-    assert "| rql | 0.50, 0.30 | 0.400 | [-0.871, 1.671] |" in md
-    assert "| fql | 0.10, 0.10 | 0.100 | [0.100, 0.100] |" in md
+    assert "| rql | 0.50, 0.30 | 0.400 | [-0.871, 1.671] | 0.50, 0.40 | 0.450 |" in md
+    assert "| fql | 0.10, 0.10 | 0.100 | [0.100, 0.100] | 0.10, 0.10 | 0.100 |" in md
     assert "REBUILT data (4 episodes x 101 steps" in md and "95 % interval (t)" in md
     with (out / "compare.csv").open() as f:
         table = list(csv.DictReader(f))
@@ -114,7 +117,8 @@ def test_learners_are_exactly_the_example_files_ones():
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=examples, capture_output=True, text=True, check=True
     )
-    assert sorted(out.stdout.split()) == ["fql", "naive", "rql"]
+    names = ["dsrl", "fawac", "fbrac", "fql", "ifql", "naive", "rebrac", "rql"]
+    assert sorted(out.stdout.split()) == names
     assert {"rql", "fql", "naive"} <= set(compare.learners())  # and in this process too
 
 

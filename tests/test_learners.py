@@ -14,7 +14,7 @@ LEARNERS = fx.load_learners(sorted(EXAMPLES.glob("*_ogbench.py")))
 
 
 def test_every_example_learner_is_registered():
-    assert {"rql", "naive", "fql"} <= set(LEARNERS)
+    assert {"rql", "naive", "fql", "ifql", "dsrl", "fbrac", "fawac", "rebrac"} <= set(LEARNERS)
 
 
 def tiny(name, cube_dir, run_dir, **fields):

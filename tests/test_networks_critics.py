@@ -96,3 +96,16 @@ def test_wrong_shape_is_a_type_check_error():
         flowrl.euler_sample(v, jnp.ones((4, 3)), jnp.zeros((4, 2)))  # forgot vmap
     with pytest.raises(jaxtyping.TypeCheckError, match="parameter 'a'"):
         flowrl.interpolant(jnp.zeros(2), jnp.zeros(3), 0.5)  # A bound to 2, then 3
+
+
+def test_state_value_is_its_mlps_single_output_with_layer_norm():
+    value = flowrl.StateValue(3, (16, 16), key=jax.random.key(0))
+    same = flowrl.MLP(3, 1, (16, 16), layer_norm=True, key=jax.random.key(0))
+    s = jax.random.normal(jax.random.key(1), (5, 3))
+    v = jax.vmap(value)(s)
+    assert v.shape == (5,)
+    np.testing.assert_array_equal(v, jax.vmap(same)(s)[:, 0])
+    assert len(value.mlp.norms) == 2
+    assert flowrl.StateValue(3, (16,), layer_norm=False, key=jax.random.key(0)).mlp.norms == ()
+    with pytest.raises(ValueError, match="obs_dim"):
+        value(jnp.ones(4))

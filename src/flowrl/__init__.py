@@ -21,6 +21,7 @@ from ._blocks import order_after as order_after
 from ._blocks import scan_block as scan_block
 from ._critics import EnsembleCritic as EnsembleCritic
 from ._critics import JointCritic as JointCritic
+from ._critics import StateValue as StateValue
 from ._critics import ensemble_critic as ensemble_critic
 from ._critics import ensemble_lcb as ensemble_lcb
 from ._critics import ensemble_mean as ensemble_mean
@@ -59,6 +60,9 @@ from ._objectives import noise_value as noise_value
 from ._objectives import one_hop_actor_loss as one_hop_actor_loss
 from ._objectives import window_targets as window_targets
 from ._policies import OneStepPolicy as OneStepPolicy
+from ._policies import TanhGaussianPolicy as TanhGaussianPolicy
+from ._policies import tanh_gaussian_log_prob as tanh_gaussian_log_prob
+from ._policies import temperature_loss as temperature_loss
 from ._returns import chunk_mask as chunk_mask
 from ._returns import discounted_window_sum as discounted_window_sum
 from ._returns import flow_lambda_returns as flow_lambda_returns
@@ -101,6 +105,8 @@ __all__ = [
     "OneStepPolicy",
     "Reversal",
     "Selection",
+    "StateValue",
+    "TanhGaussianPolicy",
     "VelocityField",
     "action_value_target",
     "advantage_weights",
@@ -152,6 +158,8 @@ __all__ = [
     "sample_path",
     "scan_block",
     "smoothed_action",
+    "tanh_gaussian_log_prob",
+    "temperature_loss",
     "window_targets",
     "window_to_stream",
     "window_valid",

@@ -177,6 +177,44 @@ def ensemble_critic(
     return EnsembleCritic(members, num_members, int(obs_dim), int(action_dim))
 
 
+class StateValue(eqx.Module):
+    r"""A state value $V(s)$: one [`flowrl.MLP`][] on `s` with a single output, LayerNorm after
+    every hidden activation by default (as the critics).
+
+    IFQL fits it by expectile regression onto the target critic at the dataset action
+    (an implicit maximum over the data's actions); FAWAC by plain squared error (the behaviour
+    value), and subtracts it from $Q$ for the advantage. `__call__` takes ONE state and
+    returns a scalar; `jax.vmap` it over a batch.
+    """
+
+    mlp: MLP
+    obs_dim: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        obs_dim: int,
+        hidden_sizes: tuple[int, ...] | list[int] = (512, 512, 512, 512),
+        *,
+        layer_norm: bool = True,
+        key: PRNGKeyArray,
+    ):
+        """**Arguments:**
+
+        - `obs_dim`: size of `s`.
+        - `hidden_sizes`: widths of the hidden layers.
+        - `layer_norm`: LayerNorm after each hidden activation.
+        - `key`: a `jax.random` key for the initialisation.
+        """
+        check_int("StateValue", "obs_dim", obs_dim)
+        self.mlp = MLP(obs_dim, 1, hidden_sizes, layer_norm=layer_norm, key=key)
+        self.obs_dim = obs_dim
+
+    def __call__(self, s: Float[ArrayLike, " O"]) -> Float[Array, ""]:
+        """**Arguments:** `s` `(obs_dim,)`. **Returns:** the scalar $V(s)$."""
+        check_shapes("StateValue", ("s", s, "O"), dims={"O": (self.obs_dim, "obs_dim")})
+        return self.mlp(as_float(s))[0]
+
+
 def ensemble_mean(q: Float[ArrayLike, "*batch K"], *, axis: int = -1) -> Float[Array, "*reduced"]:
     """Mean over the ensemble members.
 
