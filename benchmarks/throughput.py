@@ -7,8 +7,8 @@ machine's matmul ceiling.
     python benchmarks/throughput.py --seeds 1 8          # 1 seed, then 8 seeds in one block
     python benchmarks/throughput.py --learner fql        # another registered learner
 
-`--learner` names any learner of `examples/*_ogbench.py` (`rql`, `naive`, `fql`; loaded with
-`flowrl.experiment.load_learners`). The block timed is exactly the one training runs:
+`--learner` names any learner of `examples/*_ogbench.py` (`rql`, `naive`, `fql`, `ifql`, `dsrl`,
+`fbrac`, `fawac`, `rebrac`; loaded with `flowrl.experiment.load_learners`). The block timed is exactly the one training runs:
 `flowrl.experiment.make_block(learner, cfg)` (vmapped over stacked seeds with `--seeds`).
 
 For each case: gradient steps per second of the jitted, scan-fused training block (median over
