@@ -8,8 +8,9 @@ machine's matmul ceiling.
     python benchmarks/throughput.py --learner fql        # another registered learner
 
 `--learner` names any learner of `examples/*_ogbench.py` (`rql`, `naive`, `fql`, `ifql`, `dsrl`,
-`fbrac`, `fawac`, `rebrac`; loaded with `flowrl.experiment.load_learners`). The block timed is exactly the one training runs:
-`flowrl.experiment.make_block(learner, cfg)` (vmapped over stacked seeds with `--seeds`).
+`fbrac`, `fawac`, `rebrac`; loaded with `flowrl.experiment.load_learners`). The block timed is
+exactly the one training runs: `flowrl.experiment.make_block(learner, cfg)` (vmapped over
+stacked seeds with `--seeds`).
 
 For each case: gradient steps per second of the jitted, scan-fused training block (median over
 repeats, after a warm-up block), compile time (first call minus a steady call), FLOP per update

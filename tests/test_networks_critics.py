@@ -109,3 +109,14 @@ def test_state_value_is_its_mlps_single_output_with_layer_norm():
     assert flowrl.StateValue(3, (16,), layer_norm=False, key=jax.random.key(0)).mlp.norms == ()
     with pytest.raises(ValueError, match="obs_dim"):
         value(jnp.ones(4))
+
+
+def test_lcb_has_jnp_stds_values_and_a_finite_gradient_where_members_agree():
+    q = jax.random.normal(jax.random.key(0), (6, 2)).at[0].set(jnp.array([0.7, 0.7]))
+    rho = jnp.float32(0.5)
+    plain = lambda q: jnp.mean(q, -1) - rho * jnp.std(q, -1)
+    np.testing.assert_array_equal(flowrl.ensemble_lcb(q, rho), plain(q))  # bit for bit
+    grad = jax.grad(lambda q: jnp.sum(flowrl.ensemble_lcb(q, rho)))(q)
+    assert bool(jnp.all(jnp.isnan(jax.grad(lambda q: jnp.sum(plain(q)))(q)[0])))  # jnp.std's
+    np.testing.assert_array_equal(grad[0], [0.5, 0.5])  # equal members: the mean's gradient
+    np.testing.assert_allclose(grad[1:], jax.grad(lambda q: jnp.sum(plain(q)))(q)[1:], rtol=1e-6)

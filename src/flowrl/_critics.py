@@ -250,6 +250,11 @@ def ensemble_lcb(
     r"""Pessimistic aggregation $\operatorname{mean}_k Q_k - \rho \operatorname{std}_k Q_k$
     with the POPULATION standard deviation (divide by `K`), as in RQL's target.
 
+    Safe to differentiate (ReBRAC's actor climbs it): where all members agree exactly the
+    standard deviation has no derivative, and `jnp.std`'s gradient there is NaN; here its
+    gradient is 0 (a subgradient), so the result's gradient is the mean's. The values are
+    `jnp.std`'s, bit for bit.
+
     **Arguments:**
 
     - `q`: member values with the `K` members on `axis`: `(*batch, K)` by default.
@@ -260,4 +265,7 @@ def ensemble_lcb(
     """
     check_shapes("ensemble_lcb", ("q", q, "*batch K"), ("rho", rho, ""))
     q = as_float(q)
-    return jnp.mean(q, axis=axis) - jnp.asarray(rho, q.dtype) * jnp.std(q, axis=axis)
+    var = jnp.var(q, axis=axis)
+    spread = var > 0
+    std = jnp.where(spread, jnp.sqrt(jnp.where(spread, var, 1.0)), 0.0)  # no NaN gradient at 0
+    return jnp.mean(q, axis=axis) - jnp.asarray(rho, q.dtype) * std
