@@ -84,6 +84,21 @@ def strict_dtype_promotion(request):
         yield
 
 
+@pytest.fixture(autouse=True, scope="module")
+def free_compiled_programs():
+    """Drop JAX's compiled programs after each test module. One process runs the whole suite,
+    and every compiled CPU executable keeps its own memory mappings: with the eight learners'
+    tests the process passed the kernel's limit of 65530 mappings (`vm.max_map_count`) and
+    XLA aborted mid-suite (a fatal SIGABRT while compiling or serialising a program). A
+    module's programs are not reused by the next module (the persistent compilation cache
+    still serves repeats)."""
+    yield
+    jax.clear_caches()
+    import gc
+
+    gc.collect()
+
+
 @pytest.fixture
 def no_type_check_hook():
     """Switch jaxtyping's hook off for one test: what a user sees without FLOWRL_TYPECHECK."""
