@@ -123,6 +123,10 @@ class Config(fx.RunConfig):
     """Adam learning rate (one optimiser over all five losses)."""
     tau: float = 0.005
     """Polyak rate of the target critic and of the EMA of the BC flow."""
+    bc_steps: int | None = None
+    """Train the BC flow for the first N updates only, then keep it fixed (DSRL's original
+    setting: the noise policy steers a pretrained, frozen base policy; the EMA then settles on
+    the frozen flow). None: trained jointly throughout (the QAM protocol)."""
     bootstrap: Literal["next", "clamped"] = "next"
     """Bootstrap state of windows ending a trajectory (h > 1): true final state, or clamped."""
     mask_gate: Literal["last", "all"] = "last"
@@ -144,6 +148,7 @@ def resolve(cfg: Config) -> Config:
         "flow_steps": (cfg.flow_steps >= 1, ">= 1"),
         "batch_size": (cfg.batch_size >= 1, ">= 1"),
         "num_critics": (cfg.num_critics >= 1, ">= 1"),
+        "bc_steps": (cfg.bc_steps is None or cfg.bc_steps >= 0, ">= 0 (or unset: joint)"),
     }
     fx.check_config(cfg, checks)
     return cfg
@@ -318,6 +323,13 @@ def update(state: DSRLState, batch: Windows, draws: Draws, cfg: Config):
         ],
     )
     bc_flow, noise_policy, critic, latent_critic, log_alpha = new
+    if cfg.bc_steps is not None:  # past bc_steps updates the flow keeps its parameters
+        frozen = state.step >= cfg.bc_steps
+        keep = lambda old, new: jnp.where(frozen, old, new)
+        arrays = jax.tree.map(
+            keep, eqx.filter(state.bc_flow, eqx.is_array), eqx.filter(bc_flow, eqx.is_array)
+        )
+        bc_flow = eqx.combine(arrays, bc_flow)
     return DSRLState(
         bc_flow=bc_flow,
         bc_flow_ema=bc_flow_ema,

@@ -156,6 +156,29 @@ def test_presets_follow_the_qam_tables_and_ranges_name_the_flag():
         dsrl.resolve(dataclasses.replace(dsrl.Config(), noise_scale=0.0))
 
 
+def test_bc_steps_freezes_the_flow_after_that_many_updates_and_nothing_else():
+    data = bimodal_bandit(n=256)
+    flows = {}
+    for bc_steps in (None, 1):
+        cfg = config(bc_steps=bc_steps, batch_size=8)
+        state = eqx.filter_jit(dsrl.init)(cfg, data.obs_dim, data.action_dim, jax.random.key(0))
+        step = eqx.filter_jit(dsrl.step)
+        one, _ = step(cfg, state, data)  # update 0 < bc_steps: the flow learns
+        two, _ = step(cfg, one, data)  # update 1 >= bc_steps: it keeps its parameters
+        leaves = lambda m: jax.tree.leaves(eqx.filter(m, eqx.is_array))
+        flows[bc_steps] = [leaves(s.bc_flow) for s in (state, one, two)]
+        if bc_steps is not None:
+            assert all(bool(jnp.any(a != b)) for a, b in zip(*flows[bc_steps][:2], strict=True))
+            for a, b in zip(*flows[bc_steps][1:], strict=True):
+                np.testing.assert_array_equal(a, b)
+            moved = zip(leaves(one.noise_policy), leaves(two.noise_policy), strict=True)
+            assert any(bool(jnp.any(a != b)) for a, b in moved)  # the rest still learns
+    # Jointly trained (the default) the flow moves at the second update too.
+    assert any(bool(jnp.any(a != b)) for a, b in zip(*flows[None][1:], strict=True))
+    with pytest.raises(ValueError, match="--bc-steps must be >= 0"):
+        config(bc_steps=-1)
+
+
 def train(cfg, data, steps):
     state = dsrl.init(cfg, data.obs_dim, cfg.horizon * data.action_dim, jax.random.key(cfg.seed))
     block = fx.make_block(dsrl.LEARNER, cfg)
