@@ -7,7 +7,7 @@ one update, acting, and the learner record that flowrl.experiment runs.
     python examples/rql_ogbench.py --env-name scene-play-singletask-task2-v0 --size paper
     python examples/rql_ogbench.py --critic-target expanded   # the naive expanded-MDP ablation
     python examples/rql_ogbench.py --reversal exact --solver heun  # other integrators
-    python examples/rql_ogbench.py --env-name toy-bandit --steps 2000 --block 500 \
+    python examples/rql_ogbench.py --env-name toy-bandit --steps 2000 --block 500 \\
         --eval-every 1000 --hidden 64 64                  # a toy task, in seconds
     python examples/rql_ogbench.py --resume runs/<run>   # continue a run
 """
