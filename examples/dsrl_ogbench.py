@@ -191,13 +191,12 @@ def init(cfg: Config, obs_dim: int, action_dim: int, key: PRNGKeyArray) -> DSRLS
     )
     log_alpha = jnp.zeros(())  # alpha = 1
     models = (bc_flow, noise_policy, critic, latent_critic, log_alpha)
-    copy = lambda m: jax.tree.map(lambda x: jnp.array(x, copy=True), m)  # own buffers
     return DSRLState(
         bc_flow,
-        copy(bc_flow),
+        flowrl.target_copy(bc_flow),
         noise_policy,
         critic,
-        copy(critic),
+        flowrl.target_copy(critic),
         latent_critic,
         log_alpha,
         optimizer(cfg).init(eqx.filter(models, eqx.is_inexact_array)),
@@ -324,12 +323,7 @@ def update(state: DSRLState, batch: Windows, draws: Draws, cfg: Config):
     )
     bc_flow, noise_policy, critic, latent_critic, log_alpha = new
     if cfg.bc_steps is not None:  # past bc_steps updates the flow keeps its parameters
-        frozen = state.step >= cfg.bc_steps
-        keep = lambda old, new: jnp.where(frozen, old, new)
-        arrays = jax.tree.map(
-            keep, eqx.filter(state.bc_flow, eqx.is_array), eqx.filter(bc_flow, eqx.is_array)
-        )
-        bc_flow = eqx.combine(arrays, bc_flow)
+        bc_flow = flowrl.update_until(bc_flow, state.bc_flow, state.step, cfg.bc_steps)
     return DSRLState(
         bc_flow=bc_flow,
         bc_flow_ema=bc_flow_ema,

@@ -181,7 +181,7 @@ def init(cfg: Config, obs_dim: int, action_dim: int, key: PRNGKeyArray) -> FAWAC
         obs_dim, action_dim, hidden_sizes=cfg.hidden, num_members=cfg.num_critics, key=k_critic
     )
     params = eqx.filter((actor, value, critic), eqx.is_inexact_array)
-    critic_target = jax.tree.map(lambda x: jnp.array(x, copy=True), critic)  # own buffers
+    critic_target = flowrl.target_copy(critic)
     return FAWACState(
         actor,
         value,

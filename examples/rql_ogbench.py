@@ -184,12 +184,11 @@ def init(cfg: Config, obs_dim: int, action_dim: int, key: PRNGKeyArray) -> RQLSt
         obs_dim, action_dim, hidden_sizes=cfg.hidden, num_members=cfg.num_critics, key=k_critic
     )
     params = eqx.filter((actor, critic), eqx.is_inexact_array)
-    copy = lambda tree: jax.tree.map(lambda x: jnp.array(x, copy=True), tree)  # own buffers
     return RQLState(
         actor,
-        copy(actor),
+        flowrl.target_copy(actor),
         critic,
-        copy(critic),
+        flowrl.target_copy(critic),
         optimizer(cfg).init(params),
         k_run,
         jnp.zeros((), jnp.int32),

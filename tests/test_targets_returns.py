@@ -48,6 +48,25 @@ def test_periodic_update_copies_on_period_only():
         flowrl.periodic_update(online, target, 0, 0)
 
 
+def test_update_until_trains_then_keeps():
+    new, old = make([1.0], 3, "new"), make([3.0], 4, "old")
+    step_fn = eqx.filter_jit(lambda step: flowrl.update_until(new, old, step, 2))
+    assert [float(step_fn(s).w[0]) for s in range(4)] == [1.0, 1.0, 3.0, 3.0]
+    kept = step_fn(0)
+    assert int(kept.count) == 4 and kept.name == "old"  # only inexact arrays are chosen
+    assert float(flowrl.update_until(new, old, 0, 0).w[0]) == 3.0  # until 0: never trained
+    with pytest.raises(ValueError, match="until"):
+        flowrl.update_until(new, old, 0, -1)
+
+
+def test_target_copy_is_equal_and_owns_its_buffers():
+    online = make([1.0, 2.0], 5, "o")
+    copy = flowrl.target_copy(online)
+    np.testing.assert_array_equal(copy.w, online.w)
+    assert copy.w is not online.w and copy.act is jax.nn.relu and copy.name == "o"
+    assert copy.w.unsafe_buffer_pointer() != online.w.unsafe_buffer_pointer()
+
+
 # ---- window operators (RQL) ----
 
 

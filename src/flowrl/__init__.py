@@ -82,6 +82,8 @@ from ._selection import best_of_n_by_critic as best_of_n_by_critic
 from ._selection import smoothed_action as smoothed_action
 from ._targets import periodic_update as periodic_update
 from ._targets import polyak_update as polyak_update
+from ._targets import target_copy as target_copy
+from ._targets import update_until as update_until
 from ._velocity import AbstractVelocityField as AbstractVelocityField
 from ._velocity import FourierTimeEmbedding as FourierTimeEmbedding
 from ._velocity import VelocityField as VelocityField
@@ -159,7 +161,9 @@ __all__ = [
     "scan_block",
     "smoothed_action",
     "tanh_gaussian_log_prob",
+    "target_copy",
     "temperature_loss",
+    "update_until",
     "window_targets",
     "window_to_stream",
     "window_valid",

@@ -64,3 +64,32 @@ def periodic_update(online: M, target: M, step: ArrayLike, period: int) -> M:
         raise ValueError(f"`period` must be >= 1, got {period}")
     copy = jnp.asarray(step) % period == 0
     return _mix(online, target, lambda o, t: jnp.where(copy, o, t))
+
+
+def update_until(new: M, old: M, step: ArrayLike, until: int) -> M:
+    """Take `new` while `step < until`, keep `old` from then on: a part trained for the
+    first `until` updates and frozen afterwards (DSRL's pretrained base flow).
+
+    Jittable (a `jnp.where` on each inexact array leaf; no Python branch on `step`). Only
+    inexact array leaves are chosen, as in [`flowrl.polyak_update`][]; everything else comes
+    from `old`.
+
+    **Arguments:** `new` (the part after this update), `old` (before it; same structure),
+    `step` (the index of this update, an integer scalar, may be traced), `until` (a
+    non-negative Python int; `0` never updates).
+
+    **Returns:** `new` or `old`.
+    """
+    if until < 0:
+        raise ValueError(f"`until` must be >= 0, got {until}")
+    train = jnp.asarray(step) < until
+    return _mix(new, old, lambda n, o: jnp.where(train, n, o))
+
+
+def target_copy(online: M) -> M:
+    """A copy of `online` whose arrays own their buffers: the initial target or EMA network.
+
+    A plain reference would share buffers with `online`, and a training step that donates its
+    state would then donate the same buffer twice.
+    """
+    return jax.tree.map(lambda x: jnp.array(x, copy=True) if eqx.is_array(x) else x, online)
