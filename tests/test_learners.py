@@ -1,5 +1,6 @@
 """One smoke test for every registered learner: it trains two seeds on a tiny rebuilt OGBench
-dataset through the shared driver, logs every split, and resumes bitwise."""
+dataset through the shared driver, offline then online (acting in the environment), logs
+every split, and resumes bitwise inside the online phase."""
 
 from pathlib import Path
 
@@ -34,24 +35,41 @@ def tiny(name, cube_dir, run_dir, **fields):
 
 
 @pytest.mark.parametrize("name", sorted(LEARNERS))
-def test_learner_trains_two_seeds_and_resumes_bitwise(name, tiny_cube_dir, tmp_path):
+def test_learner_trains_two_seeds_offline_then_online_and_resumes_bitwise(
+    name, tiny_cube_dir, tmp_path
+):
+    """50 offline updates, then 50 online environment steps (one update each); the partial run
+    stops after 25 of them (its buffer half full, mid-episode) and is resumed."""
     learner = LEARNERS[name]
-    full = fx.run(tiny(name, tiny_cube_dir, tmp_path / "full", steps=100), learner)
-    part = fx.run(tiny(name, tiny_cube_dir, tmp_path / "part", steps=50), learner)
-    fx.run(tiny(name, tiny_cube_dir, tmp_path / "x", steps=100, resume=str(part)), learner)
+    online = dict(steps=50, block=25, eval_every=25, buffer_size=50)
+    full = fx.run(tiny(name, tiny_cube_dir, tmp_path / "full", online_steps=50, **online), learner)
+    part = fx.run(tiny(name, tiny_cube_dir, tmp_path / "part", online_steps=25, **online), learner)
+    resume = tiny(name, tiny_cube_dir, tmp_path / "x", online_steps=50, resume=str(part), **online)
+    fx.run(resume, learner)
     files = [fx.latest_checkpoint(run / "checkpoint")[0] / "state.eqx" for run in (full, part)]
     assert files[0].read_bytes() == files[1].read_bytes()
     runs = [fx.read_run(full / f"seed{s}") for s in (0, 1)]
     for record in runs:
-        assert [r["step"] for r in record.eval] == [0, 50, 100]
-        assert [r["step"] for r in record.train] == [50, 100]
-        assert [r["step"] for r in record.val] == [50, 100]
+        assert [(r["step"], r["phase"]) for r in record.eval] == [
+            (0, 0),
+            (25, 0),
+            (50, 0),
+            (75, 1),
+            (100, 1),
+        ]
+        assert [(r["step"], r["env_steps"]) for r in record.train] == [
+            (25, 0),
+            (50, 0),
+            (75, 25),
+            (100, 50),
+        ]
+        assert [r["step"] for r in record.val] == [25, 50, 75, 100]
         assert set(learner.metrics) <= set(record.train[0])
         assert record.data["rebuilt"] is True
         for field, value in learner.defaults.items():  # a variant runs as itself
             assert record.config[field] == value
     assert runs[0].train[0][learner.metrics[0]] != runs[1].train[0][learner.metrics[0]]
-    drop = ("time", "steps_per_s")
+    drop = ("time", "steps_per_s", "env_steps_per_s")
     resumed = fx.read_run(part / "seed1").train
     assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == [
         {k: v for k, v in r.items() if k not in drop} for r in runs[1].train

@@ -12,11 +12,13 @@ from flowrl.data.toy import (
     TOY_TASKS,
     BanditEnv,
     ChainEnv,
+    ReachEnv,
     ToyData,
     bimodal_bandit,
     chain,
     is_toy,
     load_toy,
+    reach,
 )
 
 
@@ -186,12 +188,24 @@ def test_chain_env_replays_the_chain_data():
             assert (term or trunc) == (i == end)
 
 
+def test_reach_data_never_succeed_and_the_env_pays_what_the_data_say():
+    d = _host(reach(n=500, seed=3))
+    a = d["actions"][:, 0]
+    assert a.max() <= 0.1 and a.min() >= -1.0 and (d["masks"] == 0).all()
+    assert (d["rewards"] == -1).all() and (d["terminals"] == 1).all()
+    env = ReachEnv()
+    for action, reward, success in [(-1.0, -1, False), (0.4999, -1, False), (0.5, 0, True)]:
+        env.reset(seed=0)
+        _, r, term, trunc, info = env.step(np.array([action], np.float32))
+        assert r == reward and term and not trunc and info["success"] == success
+
+
 # ------------------------------------------------------------------------------------------
 # Loading by name.
 
 
 def test_load_toy():
-    assert TOY_TASKS == ("toy-bandit", "toy-chain")
+    assert TOY_TASKS == ("toy-bandit", "toy-chain", "toy-reach")
     assert all(is_toy(n) for n in TOY_TASKS) and not is_toy("cube-single-play-singletask-v0")
     bandit = load_toy("toy-bandit")
     assert isinstance(bandit, ToyData) and isinstance(bandit.env, BanditEnv)
@@ -229,7 +243,7 @@ def test_toy_is_a_submodule_of_flowrl_data():
         "import flowrl.data as d; from flowrl.data import toy; print(d.toy is toy, toy.TOY_TASKS)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.stdout.strip() == "True ('toy-bandit', 'toy-chain')", out.stderr[-2000:]
+    assert out.stdout.strip() == "True ('toy-bandit', 'toy-chain', 'toy-reach')", out.stderr[-2000:]
 
 
 def test_toy_needs_neither_gymnasium_nor_ogbench():
@@ -239,7 +253,7 @@ def test_toy_needs_neither_gymnasium_nor_ogbench():
             sys.modules[name] = None  # any import of them raises ImportError
         import numpy as np
         from flowrl.data.toy import load_toy
-        for name in ("toy-bandit", "toy-chain"):
+        for name in ("toy-bandit", "toy-chain", "toy-reach"):
             data = load_toy(name)
             data.env.reset(seed=0)
             data.env.step(np.ones(1, np.float32))

@@ -1,6 +1,7 @@
-"""Offline data: the on-device dataset, the RQL window sampler, OGBench loading, offline
-rebuilding (`python -m flowrl.data.rebuild`), sharded datasets, and toy data with toy
-environments (`flowrl.data.toy`). OGBench itself is imported only when a loader is called."""
+"""Offline and online data: the on-device dataset, the online replay buffer and its mixing
+with the dataset, the RQL window sampler, OGBench loading, offline rebuilding
+(`python -m flowrl.data.rebuild`), sharded datasets, and toy data with toy environments
+(`flowrl.data.toy`). OGBench itself is imported only when a loader is called."""
 
 from typing import Any
 
@@ -19,6 +20,12 @@ from ._ogbench import load_ogbench as load_ogbench
 from ._ogbench import task_success_fractions as task_success_fractions
 from ._prepare import load_or_rebuild as load_or_rebuild
 from ._prepare import load_sharded_ogbench as load_sharded_ogbench
+from ._replay import AbstractMixing as AbstractMixing
+from ._replay import FixedRatio as FixedRatio
+from ._replay import MixedData as MixedData
+from ._replay import OnlineOnly as OnlineOnly
+from ._replay import ReplayBuffer as ReplayBuffer
+from ._replay import UniformMixing as UniformMixing
 from ._sampler import Windows as Windows
 from ._sampler import sample_windows as sample_windows
 from ._sampler import window_indices as window_indices
@@ -46,21 +53,27 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AbstractMixing",
     "Dataset",
     "DatasetFileError",
+    "FixedRatio",
+    "MixedData",
     "OGBenchData",
     "OGBenchFileInfo",
     "OGBenchName",
     "OGBenchShardLoader",
+    "OnlineOnly",
+    "ReplayBuffer",
     "ShardStream",
+    "UniformMixing",
     "Windows",
     "dataset_paths",
     "find_shards",
     "known_families",
     "load_ogbench",
     "load_or_rebuild",
-    "load_sharded_ogbench",
     "load_shard",
+    "load_sharded_ogbench",
     "ogbench_shard_dir",
     "open_ogbench_shards",
     "parse_ogbench_name",

@@ -1,4 +1,5 @@
-"""Toy offline data and toy environments: a one-step bimodal bandit and a short chain.
+"""Toy offline data and toy environments: a one-step bimodal bandit, a short chain, and a
+one-step task whose successful actions the data never show.
 
 Small enough to train on in seconds on a CPU, with answers known in closed form, so a learner
 can be tested end to end (data, training loop, evaluation) without OGBench, Gymnasium or MuJoCo:
@@ -25,7 +26,7 @@ import numpy.typing as npt
 
 from ._dataset import Dataset
 
-TOY_TASKS = ("toy-bandit", "toy-chain")
+TOY_TASKS = ("toy-bandit", "toy-chain", "toy-reach")
 """The names [`flowrl.data.toy.load_toy`][] knows."""
 
 
@@ -121,6 +122,41 @@ def chain(length: int = 6, horizon: int = 12, episodes: int = 600, seed: int = 1
     )
 
 
+def reach(n: int = 1024, top: float = 0.1, seed: int = 0) -> Dataset:
+    """One-step episodes whose data never show a successful action: a task for online
+    fine-tuning.
+
+    Contexts are `N(0, I_2)` (they do not matter). The behaviour's actions are uniform on
+    `[-1, top]`; success is `a >= 0.5`, with reward 0, else the reward is -1 (one-step
+    episodes: masks 0, every row a terminal, as the environment ends them). With `top < 0.5`
+    every row has reward -1: the data say nothing about where success lies, so an offline
+    learner has no reason to leave them, while one that acts (with some exploration), stores
+    its own transitions and learns from them can find and keep the successful actions
+    ([`flowrl.data.toy.ReachEnv`][]).
+
+    **Arguments:**
+
+    - `n`: rows (episodes).
+    - `top`: the largest action in the data (`< 0.5` for a task no row solves).
+    - `seed`: seeds `numpy.random.default_rng`.
+
+    **Returns:** a [`flowrl.data.Dataset`][] with `obs_dim = 2`, `action_dim = 1`.
+    """
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n, 2)).astype(np.float32)
+    act = rng.uniform(-1.0, top, size=n).astype(np.float32)
+    return Dataset.from_arrays(
+        dict(
+            observations=obs,
+            next_observations=obs,
+            actions=act[:, None],
+            rewards=np.where(act >= ReachEnv.threshold, 0.0, -1.0).astype(np.float32),
+            masks=np.zeros(n, np.float32),
+            terminals=np.ones(n, np.float32),
+        )
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Environments.
 
@@ -202,6 +238,32 @@ class BanditEnv(_ToyEnv):
         """
         self._check_running()
         good = _first_action(action) > 0
+        self._done = True
+        return self._obs.copy(), 0.0 if good else -1.0, True, False, {"success": good}
+
+
+class ReachEnv(BanditEnv):
+    """The task of [`flowrl.data.toy.reach`][] as a one-step environment.
+
+    `reset(seed=s)` draws a context `N(0, I_2)` as [`flowrl.data.toy.BanditEnv`][] does. One
+    `step(action)` ends the episode: reward 0 and success when `action[0] >= 0.5`, else -1.
+    """
+
+    threshold = 0.5
+
+    def step(self, action: npt.ArrayLike) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Take the episode's one action.
+
+        **Arguments:**
+
+        - `action`: an array with one element (shape `(1,)`).
+
+        **Returns:** `(observation, reward, terminated, truncated, info)`: the same context,
+        `0.0` if `action[0] >= 0.5` else `-1.0`, `True`, `False`, and
+        `{"success": action[0] >= 0.5}`.
+        """
+        self._check_running()
+        good = bool(np.float32(_first_action(action)) >= self.threshold)
         self._done = True
         return self._obs.copy(), 0.0 if good else -1.0, True, False, {"success": good}
 
@@ -338,6 +400,7 @@ class ToyData:
 _TASKS: dict[str, tuple[Callable[..., Dataset], Callable[[], Any], dict[str, int]]] = {
     "toy-bandit": (bimodal_bandit, BanditEnv, {"n": 512}),
     "toy-chain": (chain, ChainEnv, {"episodes": 100}),
+    "toy-reach": (reach, ReachEnv, {"n": 256}),
 }
 
 
@@ -361,9 +424,10 @@ def load_toy(name: str, *, seed: int = 0) -> ToyData:
     """Make a toy task: its environment, a training and a (smaller) validation dataset.
 
     `toy-bandit`: [`flowrl.data.toy.bimodal_bandit`][] (4096 training rows, 512 validation
-    rows) with [`flowrl.data.toy.BanditEnv`][]. `toy-chain`: [`flowrl.data.toy.chain`][] (600
-    training episodes, 100 validation episodes) with [`flowrl.data.toy.ChainEnv`][]. The other
-    parameters are the generators' defaults.
+    rows) with [`flowrl.data.toy.BanditEnv`][]. `toy-reach`: [`flowrl.data.toy.reach`][] (1024
+    training rows, 256 validation rows) with [`flowrl.data.toy.ReachEnv`][]. `toy-chain`:
+    [`flowrl.data.toy.chain`][] (600 training episodes, 100 validation episodes) with
+    [`flowrl.data.toy.ChainEnv`][]. The other parameters are the generators' defaults.
 
     **Arguments:**
 
@@ -390,9 +454,11 @@ __all__ = [
     "TOY_TASKS",
     "BanditEnv",
     "ChainEnv",
+    "ReachEnv",
     "ToyData",
     "bimodal_bandit",
     "chain",
     "is_toy",
     "load_toy",
+    "reach",
 ]

@@ -18,7 +18,9 @@ from ._config import SolverName as SolverName
 from ._config import check_config as check_config
 from ._config import env_family as env_family
 from ._config import fill_presets as fill_presets
+from ._config import make_mixing as make_mixing
 from ._config import make_solver as make_solver
+from ._config import resolve_online as resolve_online
 from ._config import restore_config as restore_config
 from ._distributed import fetch_to_host as fetch_to_host
 from ._distributed import init_distributed as init_distributed
@@ -50,6 +52,14 @@ from ._loop import NonFiniteLossError as NonFiniteLossError
 from ._loop import RunData as RunData
 from ._loop import check_finite as check_finite
 from ._loop import train_loop as train_loop
+from ._online import Actors as Actors
+from ._online import OnlineCheckpoint as OnlineCheckpoint
+from ._online import OnlineOptions as OnlineOptions
+from ._online import OnlinePhase as OnlinePhase
+from ._online import OnlineState as OnlineState
+from ._online import make_online as make_online
+from ._online import online_episode_seed as online_episode_seed
+from ._online import run_online as run_online
 from ._records import RunRecord as RunRecord
 from ._records import read_run as read_run
 from ._stats import Interval as Interval
@@ -58,6 +68,7 @@ from ._stats import confidence_interval as confidence_interval
 __all__ = [
     "RUN_CONTROL",
     "RUN_RECORD",
+    "Actors",
     "CSVLogger",
     "CheckpointError",
     "ConfigError",
@@ -67,6 +78,10 @@ __all__ = [
     "Learner",
     "LoopOptions",
     "NonFiniteLossError",
+    "OnlineCheckpoint",
+    "OnlineOptions",
+    "OnlinePhase",
+    "OnlineState",
     "RunConfig",
     "RunData",
     "RunRecord",
@@ -88,17 +103,22 @@ __all__ = [
     "load_run_data",
     "main",
     "make_block",
+    "make_mixing",
+    "make_online",
     "make_policy",
     "make_solver",
     "make_validation",
+    "online_episode_seed",
     "plot_learning_curve",
     "progress",
     "read_run",
     "register",
     "registered",
     "replicate",
+    "resolve_online",
     "restore_config",
     "run",
+    "run_online",
     "same_placement",
     "save_checkpoint",
     "save_video",

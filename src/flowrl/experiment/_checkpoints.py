@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -129,6 +129,7 @@ def save_checkpoint(
     step: int,
     *,
     keep: int = 2,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Save `state` at `step` into the checkpoint folder `directory`, keeping the newest `keep`
     checkpoints.
@@ -148,6 +149,9 @@ def save_checkpoint(
     - `config`: a JSON-able mapping, checked on load.
     - `step`: the number of gradient steps done.
     - `keep`: how many checkpoints to keep (>= 1).
+    - `extra`: a JSON-able mapping kept in the record (`record["extra"]`), handed to a
+      callable `like` of [`flowrl.experiment.load_checkpoint`][]: what the template of a state
+      whose shapes vary needs (the online phase: the buffer's filled rows).
 
     **Returns:** the checkpoint's directory.
 
@@ -179,6 +183,7 @@ def save_checkpoint(
             "bytes": out.size,
             "sha256": out.sha256.hexdigest(),
             "config": dict(config),
+            "extra": dict(extra or {}),
         }
         with (tmp / _RECORD).open("w") as f:
             f.write(json.dumps(record, indent=2))
@@ -275,7 +280,7 @@ def latest_checkpoint(directory: str | os.PathLike[str]) -> tuple[Path, int]:
 
 def load_checkpoint(
     directory: str | os.PathLike[str],
-    like: S,
+    like: S | Callable[[Mapping[str, Any]], S],
     config: Mapping[str, Any],
     *,
     may_differ: tuple[str, ...] = (),
@@ -291,7 +296,9 @@ def load_checkpoint(
     **Arguments:**
 
     - `directory`: the checkpoint folder (`<run-dir>/checkpoint`).
-    - `like`: a state with the right structure and shapes (a freshly initialised one).
+    - `like`: a state with the right structure and shapes (a freshly initialised one), or
+      `like(extra) -> state`, the template from the checkpoint's `extra` mapping (empty when
+      it was saved without one).
     - `config`: the current run's config; every field except those in `may_differ` must equal
       the saved one.
     - `may_differ`: config fields a resumed run may change (for example the total steps).
@@ -313,8 +320,11 @@ def load_checkpoint(
     if diff:
         lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise CheckpointError(f"checkpoint {path} comes from an incompatible config ({lines})")
+    template: Any = like
+    if callable(like) and not isinstance(like, eqx.Module):
+        template = like(record.get("extra") or {})
     try:
-        state = eqx.tree_deserialise_leaves(path / _STATE, like, filter_spec=_deserialise)
+        state = eqx.tree_deserialise_leaves(path / _STATE, template, filter_spec=_deserialise)
     except Exception as e:  # noqa: BLE001 - report which file failed
         raise CheckpointError(f"cannot read {path / _STATE}: {e}") from e
     own = _state_step(state)

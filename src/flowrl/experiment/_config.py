@@ -7,12 +7,15 @@ import json
 import os
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import diffrax
 
 from ._checkpoints import CheckpointError
 from ._records import CONFIG_FILE
+
+if TYPE_CHECKING:
+    from ..data import AbstractMixing
 
 C = TypeVar("C", bound="RunConfig")
 
@@ -94,6 +97,29 @@ class RunConfig:
     """With --distributed: the number of processes."""
     process_id: int | None = None
     """With --distributed: this process's id (0 on the coordinator)."""
+    online_steps: int = 0
+    """Offline-to-online: after the offline budget (--steps), this many environment steps per
+    seed, acting with the policy (chunks open-loop) and training on the offline data and a
+    replay buffer of its own transitions (0: offline only)."""
+    utd: int = 1
+    """Online: gradient updates per environment step (update-to-data ratio)."""
+    update_every: int | None = None
+    """Online: environment steps between training calls; each writes them to the buffer and
+    runs update_every * utd updates on device (default: --horizon, one chunk)."""
+    buffer_size: int | None = None
+    """Online: the replay buffer's capacity in transitions per seed (default: --online-steps,
+    nothing is overwritten)."""
+    buffer_policy: Literal["keep", "mix", "online"] = "keep"
+    """Online: 'keep' samples uniformly over the offline and online transitions; 'mix' takes
+    --online-ratio of every batch from the buffer (RLPD's balanced sampling); 'online' drops
+    the offline data once there is online data."""
+    online_ratio: float = 0.5
+    """Online, with --buffer-policy mix: the share of every batch taken from the buffer."""
+    reset_optimizer: bool = False
+    """Online: reset the optimiser's state (Adam's moments and count) at the switch."""
+    explore_noise: float = 0.0
+    """Online: standard deviation of Gaussian noise added to the executed actions (clipped to
+    [-1, 1]), on top of the policy's own sampling."""
 
 
 RUN_CONTROL = (
@@ -111,6 +137,7 @@ RUN_CONTROL = (
     "coordinator",
     "num_processes",
     "process_id",
+    "online_steps",
 )
 """The [`flowrl.experiment.RunConfig`][] fields a resumed run may change: they steer the run
 (budget, outputs, processes), not its results. Resuming takes them from the resuming command
@@ -191,7 +218,12 @@ def check_config(cfg: RunConfig, checks: Mapping[str, tuple[bool, str]]) -> None
     - `--video-episodes` in `[0, --eval-episodes]`, `--process-id` in `[0, --num-processes)`;
     - `--seed` and each of `--seeds` in `[0, 2^32)`, `--seeds` not empty and distinct;
     - `--steps` and `--eval-every` multiples of `--block`, and `--swap-every` too with
-      `--shard-dir`.
+      `--shard-dir`;
+    - `--online-steps` >= 0; `--utd`, `--update-every`, `--buffer-size` >= 1 (the last two
+      once filled, by [`flowrl.experiment.resolve_online`][]); `--online-ratio` in `[0, 1]`;
+      `--explore-noise` >= 0; with an online phase, `--online-steps` a multiple of
+      `--update-every`, and `--block` a multiple of `--update-every * --utd` and a divisor of
+      `--online-steps * --utd`.
     """
     seeds = () if cfg.seeds is None else tuple(cfg.seeds)
     at_least_one = lambda v: v is not None and v >= 1  # noqa: E731
@@ -222,6 +254,12 @@ def check_config(cfg: RunConfig, checks: Mapping[str, tuple[bool, str]]) -> None
             cfg.process_id is None or 0 <= cfg.process_id < processes,
             f"in [0, {processes}) (--num-processes)" if cfg.num_processes else ">= 0",
         ),
+        "online_steps": (cfg.online_steps >= 0, ">= 0"),
+        "utd": (cfg.utd >= 1, ">= 1"),
+        "update_every": (cfg.update_every is None or cfg.update_every >= 1, ">= 1"),
+        "buffer_size": (cfg.buffer_size is None or cfg.buffer_size >= 1, ">= 1"),
+        "online_ratio": (0 <= cfg.online_ratio <= 1, "in [0, 1]"),
+        "explore_noise": (cfg.explore_noise >= 0, ">= 0"),
     }
     for name, (ok, expected) in checks.items():
         if not ok:
@@ -235,11 +273,62 @@ def check_config(cfg: RunConfig, checks: Mapping[str, tuple[bool, str]]) -> None
             f"--steps ({cfg.steps}) and --eval-every ({cfg.eval_every}) must be multiples of "
             f"--block ({cfg.block})"
         )
+    if cfg.online_steps:
+        _check_online(cfg)
     if cfg.shard_dir and cfg.swap_every % cfg.block:
         raise ConfigError(
             f"--swap-every ({cfg.swap_every}) must be a multiple of --block ({cfg.block}) "
             "with --shard-dir"
         )
+
+
+def _check_online(cfg: RunConfig) -> None:
+    every = cfg.update_every or cfg.horizon or 1
+    per_call = every * cfg.utd
+    if cfg.online_steps % every:
+        raise ConfigError(
+            f"--online-steps ({cfg.online_steps}) must be a multiple of --update-every ({every})"
+        )
+    if cfg.block % per_call or (cfg.online_steps * cfg.utd) % cfg.block:
+        raise ConfigError(
+            f"with an online phase, --block ({cfg.block}) must be a multiple of --update-every "
+            f"* --utd ({every} * {cfg.utd}) and divide --online-steps * --utd "
+            f"({cfg.online_steps} * {cfg.utd}): the logs and evaluations fall on whole "
+            "training calls"
+        )
+
+
+def resolve_online(cfg: C) -> C:
+    """`cfg` with the online defaults filled: `update_every = horizon` and `buffer_size =
+    online_steps` where they are `None` and there is an online phase."""
+    if not cfg.online_steps:
+        return cfg
+    return dataclasses.replace(
+        cfg,
+        update_every=cfg.update_every if cfg.update_every is not None else cfg.horizon,
+        buffer_size=cfg.buffer_size if cfg.buffer_size is not None else cfg.online_steps,
+    )
+
+
+def make_mixing(cfg: RunConfig) -> AbstractMixing:
+    """The [`flowrl.data.AbstractMixing`][] object of `--buffer-policy`: `keep` is
+    [`flowrl.data.UniformMixing`][], `mix` [`flowrl.data.FixedRatio`][]`(--online-ratio)`,
+    `online` [`flowrl.data.OnlineOnly`][].
+
+    **Raises:** [`flowrl.experiment.ConfigError`][] naming `--buffer-policy` and the names.
+    """
+    from ..data import FixedRatio, OnlineOnly, UniformMixing
+
+    policies = {
+        "keep": UniformMixing,
+        "mix": lambda: FixedRatio(cfg.online_ratio),
+        "online": OnlineOnly,
+    }
+    if cfg.buffer_policy not in policies:
+        raise ConfigError(
+            f"--buffer-policy must be one of {sorted(policies)}, got {cfg.buffer_policy!r}"
+        )
+    return policies[cfg.buffer_policy]()
 
 
 def _saved_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -19,11 +19,14 @@ from ._config import (
     RunConfig,
     _saved_config,
     check_config,
+    make_mixing,
+    resolve_online,
     restore_config,
 )
 from ._distributed import _broadcast_text, init_distributed, init_seeds
 from ._learner import Learner, make_block, make_policy, make_validation
 from ._loop import LoopOptions, RunData, train_loop
+from ._online import OnlineOptions, make_online
 from ._records import CONFIG_FILE, checkpoint_dir
 
 
@@ -144,11 +147,16 @@ def _prepare_run(
         )
         record["overrides"] = list(saved.get("overrides", []))
         _, step = latest_checkpoint(checkpoint_dir(run_dir))  # verified, before the data load
+        if cfg.online_steps and not saved.get("online_steps"):
+            raise ConfigError(
+                f"--online-steps {cfg.online_steps}: {run_dir} was started without an online "
+                "phase (its logs have no phase column); start a new run with --online-steps"
+            )
         if overridden:
             fields = {k: list(pair) for k, pair in overridden.items()}
             record["overrides"].append({"step": step, "fields": fields})
             print(f"Overriding {sorted(fields)} of {run_dir} from step {step}")
-    cfg = learner.resolve(cfg)
+    cfg = resolve_online(learner.resolve(cfg))
     check_config(cfg, {})  # the shared fields, also for a learner whose resolve checks none
     if not cfg.resume:
         tag = "_".join(map(str, cfg.seeds or (cfg.seed,)))
@@ -224,15 +232,20 @@ def run(
     assert cfg.horizon is not None and cfg.steps is not None and cfg.eval_every is not None
     assert cfg.eval_episodes is not None
     if cfg.distributed:
+        if cfg.online_steps:
+            raise ConfigError("--online-steps: the online phase runs in one process only")
         init_distributed(cfg.coordinator, cfg.num_processes, cfg.process_id)
     seeds = tuple(cfg.seeds) if cfg.seeds else (cfg.seed,)
     run_dir = _shared_run_dir(run_dir, cfg)
     data, shards = load_run_data(cfg)
     dims = (data.train.obs_dim, cfg.horizon * data.train.action_dim)
-    if cfg.seeds:  # a stacked state, seed axis first, split over the devices
-        state = init_seeds(lambda k: learner.init(cfg, *dims, k), seeds)
-    else:
-        state = learner.init(cfg, *dims, jax.random.key(cfg.seed))
+
+    def init():
+        if cfg.seeds:  # a stacked state, seed axis first, split over the devices
+            return init_seeds(lambda k: learner.init(cfg, *dims, k), seeds)
+        return learner.init(cfg, *dims, jax.random.key(cfg.seed))
+
+    state = init()
     overridden = {k for entry in record["overrides"] for k in entry["fields"]}
     options = LoopOptions(
         run_dir=run_dir,
@@ -256,5 +269,28 @@ def run(
     )
     block = make_block(learner, cfg, seeds=bool(cfg.seeds))
     policy, validate = make_policy(learner, cfg), make_validation(learner, cfg)
-    train_loop(state, block, data, policy, options, validate=validate, shards=shards)
+    online = None
+    if cfg.online_steps:
+        assert cfg.buffer_size is not None and cfg.update_every is not None
+        online_options = OnlineOptions(
+            env_steps=cfg.online_steps,
+            buffer_size=cfg.buffer_size,
+            mixing=make_mixing(cfg),
+            utd=cfg.utd,
+            update_every=cfg.update_every,
+            explore_noise=cfg.explore_noise,
+            reset_optimizer=cfg.reset_optimizer,
+            sparse_reward=bool(cfg.sparse_reward),
+        )
+        if cfg.reset_optimizer and not hasattr(state, "opt_state"):
+            raise ConfigError(
+                f"--reset-optimizer: the state of {learner.name!r} has no `opt_state` field to "
+                "reset"
+            )
+        action_dim = data.train.action_dim
+        stacked = bool(cfg.seeds)
+        online = make_online(
+            learner, cfg, online_options, action_dim=action_dim, stacked=stacked, init=init
+        )
+    train_loop(state, block, data, policy, options, validate=validate, shards=shards, online=online)
     return run_dir

@@ -186,9 +186,11 @@ def plot_learning_curve(
     *,
     title: str = "",
     losses: Sequence[str] = (),
+    switch: int | None = None,
 ) -> Path | None:
     """Plot evaluation success and the training metrics named in `losses` (a learner's
-    [`flowrl.experiment.Learner`][] `metrics`) from a run's CSV files to a PNG.
+    [`flowrl.experiment.Learner`][] `metrics`) from a run's CSV files to a PNG; `switch`, the
+    step where an online phase begins, is marked on both panels.
 
     **Returns:** the PNG path, or `None` when there is nothing to plot.
     """
@@ -213,7 +215,11 @@ def plot_learning_curve(
     axes[1].set(
         xlabel="gradient step", yscale="log" if positive else "linear", title="training losses"
     )
-    if shown:
+    if switch is not None:
+        for ax in axes:
+            ax.axvline(switch, color="gray", linestyle="--", label="online from here")
+        axes[0].legend(loc="upper left")
+    if shown or switch is not None:
         axes[1].legend()
     fig.suptitle(title)
     fig.tight_layout()

@@ -4,6 +4,8 @@ evaluation of every seed, checkpoints, resume, Ctrl-C and SIGTERM."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import signal
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
@@ -20,6 +22,14 @@ from ._checkpoints import _checkpoint_path, load_checkpoint, save_checkpoint
 from ._distributed import _gather_rows, _process_mesh, fetch_to_host, replicate, same_placement
 from ._evaluation import batch_policy, evaluate
 from ._logging import CSVLogger, ExtraWriters, plot_learning_curve, progress, save_video
+from ._online import (
+    OnlineCheckpoint,
+    OnlinePhase,
+    OnlineState,
+    checkpoint_template,
+    online_checkpoint,
+    run_online,
+)
 from ._records import checkpoint_dir, write_run_record
 
 S = TypeVar("S")
@@ -144,8 +154,15 @@ def _rows(metrics: Mapping[str, Any], count: int, stacked: bool, seed_axis: int)
 class _Run:
     """The open run: its outputs (only process 0 writes) and the pieces of one iteration."""
 
-    def __init__(self, data: RunData, policy: Callable, options: LoopOptions, state: Any):
-        self.data, self.opt = data, options
+    def __init__(
+        self,
+        data: RunData,
+        policy: Callable,
+        options: LoopOptions,
+        state: Any,
+        online: OnlinePhase | None = None,
+    ):
+        self.data, self.opt, self.online = data, options, online
         self.policy = batch_policy(policy)  # one call per chunk for all episodes of a seed
         self.envs: list[Any] = []  # data.env and its copies, made at the first evaluation
         self.mesh = _process_mesh(state)
@@ -155,6 +172,8 @@ class _Run:
                 "over the devices of all of them (flowrl.experiment.init_seeds) and the "
                 "options' `seeds` the list of its seeds"
             )
+        if online is not None and self.mesh is not None:
+            raise ValueError("the online phase (--online-steps) runs in one process only")
         self.lead = jax.process_index() == 0  # the process that writes logs and checkpoints
         self.loggers, self.writers = [], []
         if self.lead:
@@ -167,13 +186,18 @@ class _Run:
     def place(self, tree):
         return tree if self.mesh is None else replicate(tree, self.mesh)
 
-    def restore(self, state: S) -> tuple[S, int]:
-        """Load the checkpoint when resuming, write the run record, open the writers."""
-        opt, start = self.opt, 0
+    def restore(self, state: S) -> tuple[S, int, OnlineState | None]:
+        """Load the checkpoint when resuming, write the run record, open the writers.
+        **Returns:** the state, its step, and the online phase's state when the checkpoint
+        was written in that phase."""
+        opt, start, online = self.opt, 0, None
         if opt.resume:
+            like = functools.partial(checkpoint_template, self.online, state, self.data, opt)
             loaded, start = load_checkpoint(
-                checkpoint_dir(opt.run_dir), state, opt.config, may_differ=opt.may_differ
+                checkpoint_dir(opt.run_dir), like, opt.config, may_differ=opt.may_differ
             )
+            if isinstance(loaded, OnlineCheckpoint):
+                loaded, online = loaded.learner, loaded.online
             state = same_placement(loaded, state)  # keep the template's devices / shardings
             self.saved = start
             for logger in self.loggers:
@@ -186,29 +210,49 @@ class _Run:
                 ExtraWriters(d, opt.config, tensorboard=opt.tensorboard, track=opt.track and i == 0)
                 for i, d in enumerate(opt.seed_dirs)
             ]
-        self.bar = progress(opt.steps, start, enabled=opt.progress and self.lead)
-        return state, start
+        total = opt.steps + (self.online.options.updates if self.online else 0)
+        self.bar = progress(total, start, enabled=opt.progress and self.lead)
+        return state, start, online
 
-    def log(self, split: str, step: int, rows: Rows) -> None:
+    def log(self, split: str, step: int, rows: Rows, phase: dict | None = None) -> None:
+        """One row per seed; in a run with an online phase, train and eval rows also get
+        `phase` (0 offline, 1 online) and `env_steps` (given by `phase`; default offline), and
+        train rows `env_steps_per_s` (NaN offline)."""
         if not self.lead:  # only process 0 writes
             return
+        if self.online is not None and split in ("train", "eval"):
+            offline = {"phase": 0.0, "env_steps": 0.0}
+            if split == "train":  # (online rows have it already)
+                offline["env_steps_per_s"] = math.nan
+            rows = [{**offline, **row, **(phase or {})} for row in rows]
         for logger, writer, row in zip(self.loggers, self.writers, rows, strict=True):
             logger.log(split, step, row)
             writer.log(split, step, row)
 
+    def log_seed(self, split: str, step: int, i: int, row: dict[str, float]) -> None:
+        """One row of seed `i` alone (an online episode)."""
+        if self.lead:
+            self.loggers[i].log(split, step, row)
+
     def whole(self, state):  # across processes a collective: every process gathers it all
         return state if self.mesh is None else fetch_to_host(state)
 
-    def save(self, step: int, whole) -> None:
+    def save(self, step: int, whole, online: OnlineState | None = None) -> None:
+        """Checkpoint the state; in the online phase with the online state (buffer compact)."""
         if self.lead:
             opt = self.opt
-            keep = opt.keep_checkpoints
-            save_checkpoint(checkpoint_dir(opt.run_dir), whole, opt.config, step, keep=keep)
+            keep, extra = opt.keep_checkpoints, None
+            if online is not None:
+                whole, extra = online_checkpoint(whole, online, opt.steps)
+            d = checkpoint_dir(opt.run_dir)
+            save_checkpoint(d, whole, opt.config, step, keep=keep, extra=extra)
         self.saved = step
 
-    def evaluate_and_save(self, step: int, state) -> float:
+    def evaluate_and_save(
+        self, step: int, state, online: OnlineState | None = None, phase: dict | None = None
+    ) -> float:
         """Evaluate every seed (seed `i` in process `i % process_count`; its episodes together
-        on the environment copies), log, checkpoint."""
+        on the environment copies), log, checkpoint (with the online state in that phase)."""
         opt, whole = self.opt, self.whole(state)
         results = {}
         for i, s in enumerate(opt.seeds):
@@ -233,8 +277,8 @@ class _Run:
             results[i] = result.as_dict()
         n = len(opt.seeds)
         rows = [results[i] for i in range(n)] if self.mesh is None else _gather_rows(results, n)
-        self.log("eval", step, rows)
-        self.save(step, whole)
+        self.log("eval", step, rows, phase)
+        self.save(step, whole, online)
         return float(np.mean([r["success"] for r in rows]))
 
     def train_block(self, block, train, state, step: int):
@@ -265,6 +309,8 @@ class _Run:
     def show(self, rows: Rows, success: float | None) -> None:
         assert self.bar is not None
         shown = {name: rows[0].get(name) for name in self.opt.metrics}
+        if "env_steps" in rows[0]:
+            shown["env_steps"] = rows[0]["env_steps"]
         self.bar.update(self.opt.block_size, **shown, success=success)
 
     def report(self, which: str) -> None:
@@ -307,9 +353,11 @@ class _Run:
                 f"continue with --resume {opt.run_dir}"
             )
         label = "rebuilt" if self.data.record().get("rebuilt") else "official"
+        switch = opt.steps if self.online is not None else None
         for s, d, logger in zip(opt.seeds, opt.seed_dirs, self.loggers, strict=True):
             title = f"{opt.title} seed {s} ({label} data)"
-            plot_learning_curve(logger, d / "learning_curve.png", title=title, losses=opt.metrics)
+            path = d / "learning_curve.png"
+            plot_learning_curve(logger, path, title=title, losses=opt.metrics, switch=switch)
         self.report("last" if halted else "final")
         if first_block_s is not None:
             print(
@@ -350,6 +398,7 @@ def train_loop(
     *,
     validate: Callable[[Any, S, jax.Array], dict[str, jax.Array]] | None = None,
     shards: Callable[[int], Iterator[Any]] | None = None,
+    online: OnlinePhase | None = None,
 ) -> tuple[S, int]:
     """Train a learner state: the loop every learner shares.
 
@@ -404,10 +453,18 @@ def train_loop(
       training datasets that skips the first `k` (a [`flowrl.data.ShardStream`][] with
       `start=k`); the loop trains on a new shard every `swap_every` steps instead of
       `data.train`, and logs the shard index in `train.csv`.
+    - `online`: an online phase after the `steps` offline updates
+      ([`flowrl.experiment.make_online`][], [`flowrl.experiment.run_online`][]): the agent
+      acts in one environment per seed (`data.make_env()`) and trains on the offline data and
+      a replay buffer of its transitions, evaluating and checkpointing on the same schedule
+      (the checkpoints then carry the buffer and the environments' positions). `train.csv`
+      and `eval.csv` get the columns `phase` (0 offline, 1 online) and `env_steps`, and each
+      seed's `online.csv` one row per finished online episode. With shards, the offline part
+      of the online phase's batches keeps streaming (a new shard every `swap_every` steps).
 
     **Returns:** `(state, step)` at the end.
     """
-    run = _Run(data, policy, options, state)
+    run = _Run(data, policy, options, state, online)
     if validate is not None and options.stacked:
         validate = eqx.filter_vmap(validate, in_axes=(None, 0, 0))
     val = run.place(data.val) if validate is not None else None
@@ -418,10 +475,17 @@ def train_loop(
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     first_block_s, halted, sets = None, False, None
     try:
-        state, step = run.restore(state)
+        state, step, online_state = run.restore(state)
         sets = _training_sets(data, shards, options, step)
         raw = next(sets)
         train = run.place(raw)
+
+        def next_train():  # the next block's training data (placed again only when new)
+            nonlocal raw, train
+            if (dataset := next(sets)) is not raw:
+                raw, train = dataset, run.place(dataset)
+            return train
+
         fresh = step == 0 and not options.resume  # a resumed step 0 was evaluated already
         success = run.evaluate_and_save(0, state) if fresh else None
         while step < options.steps and not (halted := run.stop_now()):
@@ -432,13 +496,18 @@ def train_loop(
                 for row in rows:
                     row["shard"] = (step - 1) // options.swap_every
             run.log("train", step, rows)
-            if step < options.steps and (dataset := next(sets)) is not raw:
-                raw, train = dataset, run.place(dataset)
+            if step < options.steps or online is not None:
+                next_train()
             if validate is not None:
                 run.validate(validate, val, state, step)
             if step % options.eval_every == 0 or step >= options.steps:
                 success = run.evaluate_and_save(step, state)
             run.show(rows, success)
+        if online is not None and not halted:
+            state, step, halted = run_online(
+                run, online, state, step, next_train, train, online_state,
+                validate=validate, val=val, shard_every=options.swap_every if shards else None,
+            )  # fmt: skip
     finally:
         if sets is not None:
             sets.close()
