@@ -51,7 +51,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 import flowrl
 import flowrl.experiment as fx
-from flowrl.data import Dataset, Windows, sample_windows
+from flowrl.data import TrainingData, Windows, sample_windows
 
 warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
 
@@ -304,20 +304,20 @@ def update(state: ReBRACState, batch: Windows, draws: Draws, cfg: Config):
     ), metrics
 
 
-def sample(cfg: Config, dataset: Dataset, k_batch: PRNGKeyArray, k_draw: PRNGKeyArray):
+def sample(cfg: Config, dataset: TrainingData, k_batch: PRNGKeyArray, k_draw: PRNGKeyArray):
     """A batch of windows and the draws, on device."""
     batch = sample_windows(dataset, k_batch, cfg.batch_size, cfg.horizon, bootstrap=cfg.bootstrap)
     return batch, draw(k_draw, cfg.batch_size, cfg.horizon * dataset.action_dim)
 
 
-def step(cfg: Config, state: ReBRACState, dataset: Dataset):
+def step(cfg: Config, state: ReBRACState, dataset: TrainingData):
     """One update on a batch sampled on device."""
     key, k_batch, k_draw = jax.random.split(state.key, 3)
     batch, draws = sample(cfg, dataset, k_batch, k_draw)
     return update(eqx.tree_at(lambda s: s.key, state, key), batch, draws, cfg)
 
 
-def losses(cfg: Config, state: ReBRACState, dataset: Dataset, key: PRNGKeyArray):
+def losses(cfg: Config, state: ReBRACState, dataset: TrainingData, key: PRNGKeyArray):
     """The losses on a batch (of the validation split), without updating."""
     batch, draws = sample(cfg, dataset, *jax.random.split(key))
     models = (state.actor, state.critic)

@@ -27,7 +27,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 import flowrl
 import flowrl.experiment as fx
-from flowrl.data import Dataset, Windows, sample_windows
+from flowrl.data import TrainingData, Windows, sample_windows
 
 warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
 
@@ -310,13 +310,13 @@ def update(state: RQLState, batch: Windows, draws: Draws, cfg: Config):
     ), metrics
 
 
-def sample(cfg: Config, dataset: Dataset, k_batch: PRNGKeyArray, k_draw: PRNGKeyArray):
+def sample(cfg: Config, dataset: TrainingData, k_batch: PRNGKeyArray, k_draw: PRNGKeyArray):
     """A batch of windows and the draws, on device."""
     batch = sample_windows(dataset, k_batch, cfg.batch_size, cfg.horizon, bootstrap=cfg.bootstrap)
     return batch, draw(k_draw, cfg, cfg.batch_size, cfg.horizon * dataset.action_dim)
 
 
-def step(cfg: Config, state: RQLState, dataset: Dataset):
+def step(cfg: Config, state: RQLState, dataset: TrainingData):
     """One update on a batch sampled on device."""
     key, k_batch, k_draw = jax.random.split(state.key, 3)
     batch, draws = sample(cfg, dataset, k_batch, k_draw)
@@ -344,7 +344,7 @@ def reversal_diagnostics(cfg: Config, actor, critic, s0, a, noise) -> dict[str, 
     )
 
 
-def losses(cfg: Config, state: RQLState, dataset: Dataset, key: PRNGKeyArray):
+def losses(cfg: Config, state: RQLState, dataset: TrainingData, key: PRNGKeyArray):
     """The losses on a batch (of the validation split), without updating, and the reversal's
     diagnostics."""
     batch, draws = sample(cfg, dataset, *jax.random.split(key))

@@ -26,6 +26,7 @@ from ._replay import MixedData as MixedData
 from ._replay import OnlineOnly as OnlineOnly
 from ._replay import ReplayBuffer as ReplayBuffer
 from ._replay import UniformMixing as UniformMixing
+from ._sampler import TrainingData as TrainingData
 from ._sampler import Windows as Windows
 from ._sampler import sample_windows as sample_windows
 from ._sampler import window_indices as window_indices
@@ -65,6 +66,7 @@ __all__ = [
     "OnlineOnly",
     "ReplayBuffer",
     "ShardStream",
+    "TrainingData",
     "UniformMixing",
     "Windows",
     "dataset_paths",

@@ -16,6 +16,11 @@ from ._replay import MixedData, ReplayBuffer, check_full
 
 Bootstrap = Literal["next", "clamped"]
 
+TrainingData = Dataset | ReplayBuffer | MixedData
+"""What a learner's `step` samples with [`flowrl.data.sample_windows`][]: an offline
+[`flowrl.data.Dataset`][], a [`flowrl.data.ReplayBuffer`][], or a [`flowrl.data.MixedData`][] of
+both (the online phase of [`flowrl.experiment.train_loop`][])."""
+
 
 class Windows(eqx.Module):
     """A batch of windows (batch axis first).
@@ -49,7 +54,7 @@ def window_indices(dataset: Dataset, start: Int[Array, " B"], horizon: int) -> I
 
 
 def sample_windows(
-    dataset: Dataset | ReplayBuffer | MixedData,
+    dataset: TrainingData,
     key: PRNGKeyArray,
     batch_size: int,
     horizon: int,
