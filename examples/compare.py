@@ -56,7 +56,10 @@ class CompareConfig:
     env_name: str = "cube-single-play-singletask-task2-v0"
     """OGBench singletask dataset name (the same for all learners)."""
     steps: int = 20_000
-    """Gradient steps of every run."""
+    """Gradient steps of every run (offline)."""
+    online_steps: int = 0
+    """Then this many online environment steps of every run, one update each (0: offline only);
+    the table reports the end of the online phase."""
     hidden: tuple[int, ...] = (256, 256)
     """Hidden widths of every network of every learner."""
     batch_size: int = 256
@@ -85,6 +88,11 @@ class CompareConfig:
     """Show each run's progress bar."""
 
 
+def total_steps(cfg: CompareConfig) -> int:
+    """Gradient steps at the end of a run: the offline ones, then one per online step."""
+    return cfg.steps + cfg.online_steps
+
+
 def run_dir(cfg: CompareConfig, learner: str, seed: int) -> Path:
     return Path(cfg.out) / learner / f"seed{seed}"
 
@@ -94,7 +102,7 @@ def train_one(cfg: CompareConfig, name: str, seed: int) -> float:
     learner = fx.get_learner(name)
     path = run_dir(cfg, name, seed)
     record = fx.read_run(path)
-    if record.finished(cfg.steps) and not cfg.rerun:
+    if record.finished(total_steps(cfg)) and not cfg.rerun:
         print(f"{name} seed {seed}: finished run in {path}, reused")
         return math.nan
     resume = record.checkpoint_step is not None and not cfg.rerun
@@ -104,6 +112,7 @@ def train_one(cfg: CompareConfig, name: str, seed: int) -> float:
         env_name=cfg.env_name,
         seed=seed,
         steps=cfg.steps,
+        online_steps=cfg.online_steps,
         hidden=tuple(cfg.hidden),
         batch_size=cfg.batch_size,
         num_critics=cfg.num_critics,
@@ -140,7 +149,7 @@ def summarize(cfg: CompareConfig, wall: dict[tuple[str, int], float] | None = No
     seeds, speed, wall time."""
     rows = []
     for learner in cfg.learners:
-        runs = [read_run(run_dir(cfg, learner, s), cfg.steps) for s in cfg.seeds]
+        runs = [read_run(run_dir(cfg, learner, s), total_steps(cfg)) for s in cfg.seeds]
         finals = [r["final"] for r in runs]
         bests = [r["best"] for r in runs]
         ci = fx.confidence_interval(finals, level=cfg.level, method=cfg.interval)
@@ -278,11 +287,12 @@ def main(cfg: CompareConfig) -> Path:
         else "official data"
     )
     command = "python examples/compare.py " + shlex.join(sys.argv[1:])
+    online = f" then {cfg.online_steps} online steps" if cfg.online_steps else ""
     header = "\n".join(
         [
-            f"**{cfg.env_name}**, {label}; {cfg.steps} gradient steps, hidden "
+            f"**{cfg.env_name}**, {label}; {cfg.steps} gradient steps{online}, hidden "
             f"{list(cfg.hidden)}, batch {cfg.batch_size}, K = {cfg.num_critics}; final success = "
-            f"the evaluation at step {cfg.steps}, best = the largest evaluation up to it "
+            f"the evaluation at step {total_steps(cfg)}, best = the largest evaluation up to it "
             f"({cfg.eval_episodes} evaluation episodes each); seeds "
             f"{list(cfg.seeds)}.",
             "",
