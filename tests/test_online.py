@@ -16,7 +16,8 @@ import pytest
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 import flowrl.experiment as fx
-from flowrl.data import ReplayBuffer, sample_windows
+from flowrl.data import ReplayBuffer, UniformMixing, sample_windows
+from flowrl.data.toy import chain, load_toy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +202,41 @@ def test_reset_optimizer_needs_an_opt_state(tmp_path):
             ),
             plain,
         )
+
+
+def test_online_phase_streams_shards_and_resumes_bitwise_with_one_seed(tmp_path):
+    """Through `train_loop` itself: an unstacked state, 100M-style shards swapped every 12
+    updates in both phases, resumed mid-online."""
+    shards = [chain(episodes=40, seed=s) for s in (0, 1, 2)]
+
+    def train(name, online_steps, resume=False):
+        fields = {**ONLINE, "seeds": None, "run_dir": str(tmp_path / name)}
+        cfg = fx.resolve_online(CHUNKS.resolve(CHUNKS.default_config(**fields, online_steps=9)))
+        options = fx.LoopOptions(
+            run_dir=tmp_path / name, steps=12, block_size=6, eval_every=6, eval_episodes=2,
+            config=dataclasses.asdict(dataclasses.replace(cfg, run_dir=None)), resume=resume,
+            may_differ=("online_steps",), progress=False, swap_every=12,
+        )  # fmt: skip
+        state = init(cfg, 6, 2, jax.random.key(0))
+        online = fx.OnlineOptions(
+            env_steps=online_steps, buffer_size=18, mixing=UniformMixing(), utd=2, update_every=3
+        )
+        phase = fx.make_online(CHUNKS, cfg, online, action_dim=1, stacked=False, init=None)
+        return fx.train_loop(
+            state, fx.make_block(CHUNKS, cfg), load_toy("toy-chain"),
+            fx.make_policy(CHUNKS, cfg), options,
+            shards=lambda k: (shards[j % 3] for j in range(k, 10**6)), online=phase,
+        )  # fmt: skip
+
+    full, step = train("full", 18)
+    assert step == 48
+    train("part", 9)
+    part, _ = train("part", 18, resume=True)
+    np.testing.assert_array_equal(full.w, part.w)
+    assert rows(tmp_path / "full", "train") == rows(tmp_path / "part", "train")
+    train_rows = rows(tmp_path / "full", "train")
+    assert [r["shard"] for r in train_rows] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [r["phase"] for r in train_rows] == [0, 0, 1, 1, 1, 1, 1, 1]
 
 
 # ------------------------------------------------------------------------------------------

@@ -380,9 +380,11 @@ def _training_sets(
             f"({options.block_size})"
         )
     stream = shards(start // options.swap_every)
+    # A run resumed mid-shard (a Ctrl-C, or an online checkpoint) has only the rest of it.
+    first = (options.swap_every - start % options.swap_every) // options.block_size
     try:
-        for dataset in stream:
-            for _ in range(options.swap_every // options.block_size):
+        for k, dataset in enumerate(stream):
+            for _ in range(first if k == 0 else options.swap_every // options.block_size):
                 yield dataset
     finally:
         if hasattr(stream, "close"):

@@ -177,7 +177,7 @@ def make_online(
     *,
     action_dim: int,
     stacked: bool,
-    init: Callable[[], Any],
+    init: Callable[[], Any] | None = None,
 ) -> OnlinePhase:
     """The [`flowrl.experiment.OnlinePhase`][] of a learner.
 
@@ -188,9 +188,13 @@ def make_online(
     - `options`: the [`flowrl.experiment.OnlineOptions`][].
     - `action_dim`: the size of ONE action (the policy returns `(h, action_dim)`).
     - `stacked`: the learner state carries a leading seed axis.
-    - `init`: `init() -> state`, a fresh state of the same layout (used only for
-      `reset_optimizer`).
+    - `init`: `init() -> state`, a fresh state of the same layout; needed (only) for
+      `reset_optimizer`.
+
+    **Raises:** `ValueError` when `reset_optimizer` is asked without `init`.
     """
+    if options.reset_optimizer and init is None:
+        raise ValueError("make_online: `reset_optimizer` needs `init`")
     mixing, n = options.mixing, options.updates_per_call
 
     def one(train, state, buffer, transitions):
@@ -225,6 +229,7 @@ def make_online(
         return np.asarray(batched(state, jnp.asarray(observations), seeds, calls))
 
     def fresh_opt_state():
+        assert init is not None
         return init().opt_state
 
     return OnlinePhase(
