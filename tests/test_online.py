@@ -5,6 +5,7 @@ RQL learning online what its offline data never show (`toy-reach`)."""
 
 import dataclasses
 import json
+import signal
 from pathlib import Path
 
 import equinox as eqx
@@ -204,39 +205,66 @@ def test_reset_optimizer_needs_an_opt_state(tmp_path):
         )
 
 
+def loop(tmp_path, name, online_steps, resume=False, shards=None, wrap=None, eval_every=6):
+    """`train_loop` itself, one unstacked seed: 12 offline updates, then online."""
+    fields = {**ONLINE, "seeds": None, "run_dir": str(tmp_path / name), "eval_every": eval_every}
+    cfg = fx.resolve_online(CHUNKS.resolve(CHUNKS.default_config(**fields, online_steps=9)))
+    options = fx.LoopOptions(
+        run_dir=tmp_path / name, steps=12, block_size=6, eval_every=eval_every, eval_episodes=2,
+        config=dataclasses.asdict(dataclasses.replace(cfg, run_dir=None)), resume=resume,
+        may_differ=("online_steps",), progress=False, swap_every=12,
+    )  # fmt: skip
+    online = fx.OnlineOptions(
+        env_steps=online_steps, buffer_size=18, mixing=UniformMixing(), utd=2, update_every=3
+    )
+    phase = fx.make_online(CHUNKS, cfg, online, action_dim=1, stacked=False)
+    if wrap is not None:
+        phase = dataclasses.replace(phase, update=wrap(phase.update))
+    return fx.train_loop(
+        init(cfg, 6, 2, jax.random.key(0)), fx.make_block(CHUNKS, cfg), load_toy("toy-chain"),
+        fx.make_policy(CHUNKS, cfg), options, shards=shards, online=phase,
+    )  # fmt: skip
+
+
 def test_online_phase_streams_shards_and_resumes_bitwise_with_one_seed(tmp_path):
-    """Through `train_loop` itself: an unstacked state, 100M-style shards swapped every 12
-    updates in both phases, resumed mid-online."""
-    shards = [chain(episodes=40, seed=s) for s in (0, 1, 2)]
-
-    def train(name, online_steps, resume=False):
-        fields = {**ONLINE, "seeds": None, "run_dir": str(tmp_path / name)}
-        cfg = fx.resolve_online(CHUNKS.resolve(CHUNKS.default_config(**fields, online_steps=9)))
-        options = fx.LoopOptions(
-            run_dir=tmp_path / name, steps=12, block_size=6, eval_every=6, eval_episodes=2,
-            config=dataclasses.asdict(dataclasses.replace(cfg, run_dir=None)), resume=resume,
-            may_differ=("online_steps",), progress=False, swap_every=12,
-        )  # fmt: skip
-        state = init(cfg, 6, 2, jax.random.key(0))
-        online = fx.OnlineOptions(
-            env_steps=online_steps, buffer_size=18, mixing=UniformMixing(), utd=2, update_every=3
-        )
-        phase = fx.make_online(CHUNKS, cfg, online, action_dim=1, stacked=False, init=None)
-        return fx.train_loop(
-            state, fx.make_block(CHUNKS, cfg), load_toy("toy-chain"),
-            fx.make_policy(CHUNKS, cfg), options,
-            shards=lambda k: (shards[j % 3] for j in range(k, 10**6)), online=phase,
-        )  # fmt: skip
-
-    full, step = train("full", 18)
+    """An unstacked state, 100M-style shards swapped every 12 updates in both phases, resumed
+    mid-online."""
+    data = [chain(episodes=40, seed=s) for s in (0, 1, 2)]
+    shards = lambda k: (data[j % 3] for j in range(k, 10**6))  # noqa: E731
+    full, step = loop(tmp_path, "full", 18, shards=shards)
     assert step == 48
-    train("part", 9)
-    part, _ = train("part", 18, resume=True)
+    loop(tmp_path, "part", 9, shards=shards)
+    part, _ = loop(tmp_path, "part", 18, resume=True, shards=shards)
     np.testing.assert_array_equal(full.w, part.w)
     assert rows(tmp_path / "full", "train") == rows(tmp_path / "part", "train")
     train_rows = rows(tmp_path / "full", "train")
     assert [r["shard"] for r in train_rows] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert [r["phase"] for r in train_rows] == [0, 0, 1, 1, 1, 1, 1, 1]
+
+
+def test_ctrl_c_in_the_online_phase_saves_the_buffer_and_resumes_bitwise(tmp_path, capsys):
+    def interrupting(update):
+        calls = []
+
+        def wrapped(*args):
+            calls.append(1)
+            if len(calls) == 1:  # during the first online block, between two evaluations
+                signal.raise_signal(signal.SIGINT)
+            return update(*args)
+
+        return wrapped
+
+    _, step = loop(tmp_path, "stop", 18, wrap=interrupting, eval_every=12)
+    assert step == 18 and "Interrupted: saved step 18" in capsys.readouterr().out
+    record = tmp_path / "stop" / "checkpoint" / "step_00000018" / "record.json"
+    info = json.loads(record.read_text())["extra"]["online"]
+    assert info == {"rows": 3, "capacity": 18, "offline_steps": 12}
+    full, _ = loop(tmp_path, "full", 18, eval_every=12)
+    stopped, step = loop(tmp_path, "stop", 18, resume=True, eval_every=12)
+    assert step == 48
+    np.testing.assert_array_equal(full.w, stopped.w)
+    for split in ("train", "eval", "online"):
+        assert rows(tmp_path / "full", split) == rows(tmp_path / "stop", split), split
 
 
 # ------------------------------------------------------------------------------------------
