@@ -8,9 +8,10 @@ checkpoint/
   step_00003000/  state.eqx  record.json
 ```
 
-`record.json` holds the step, the config, and the size and sha256 of `state.eqx`. Each step's
-directory is written under a temporary name (`.step_00003000.tmp`) and renamed into place once
-both files are complete, so a kill leaves either the whole checkpoint or none of it.
+`record.json` holds the step, the config, the size and sha256 of `state.eqx`, and an `extra`
+mapping (what a template of a state whose shapes vary needs: the online phase's buffer rows).
+Each step's directory is written under a temporary name (`.step_00003000.tmp`) and renamed into
+place once both files are complete, so a kill leaves either the whole checkpoint or none of it.
 """
 
 from __future__ import annotations
