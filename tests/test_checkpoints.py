@@ -244,3 +244,17 @@ def test_a_killed_save_leaves_a_temporary_directory_that_is_ignored_then_removed
     save(tmp_path, 20)
     assert no_temporary_files(tmp_path)
     assert_loads_step(tmp_path, 20)
+
+
+def test_a_checkpoint_from_before_a_config_field_existed_loads_and_other_changes_are_refused(
+    tmp_path,
+):
+    """A run saved before the config class grew a field (the online phase's flags) resumes;
+    a field it did save still has to match, and a field removed since is still named."""
+    save(tmp_path, 3)
+    state, step = fx.load_checkpoint(tmp_path, LIKE, {**CONFIG, "utd": 1})
+    assert step == 3
+    with pytest.raises(fx.CheckpointError, match=r"lr: saved 0\.5 vs now 0\.1"):
+        fx.load_checkpoint(tmp_path, LIKE, {**CONFIG, "lr": 0.1, "utd": 1})
+    with pytest.raises(fx.CheckpointError, match=r"hidden: saved \[8, 8\] vs now None"):
+        fx.load_checkpoint(tmp_path, LIKE, {"lr": 0.5})

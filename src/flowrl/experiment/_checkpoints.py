@@ -301,7 +301,9 @@ def load_checkpoint(
       `like(extra) -> state`, the template from the checkpoint's `extra` mapping (empty when
       it was saved without one).
     - `config`: the current run's config; every field except those in `may_differ` must equal
-      the saved one.
+      the saved one. A field the saved config lacks (added to the config class after the
+      checkpoint was written) is not compared: its value comes from the caller, who restored
+      the run's config ([`flowrl.experiment.restore_config`][] gives it its default).
     - `may_differ`: config fields a resumed run may change (for example the total steps).
 
     **Returns:** `(state, step)`.
@@ -314,9 +316,9 @@ def load_checkpoint(
     saved = record["config"]
     config = json.loads(json.dumps(dict(config)))  # compare as saved: tuples become lists
     diff = {
-        k: (saved.get(k), config.get(k))
-        for k in sorted(set(saved) | set(config))
-        if k not in may_differ and saved.get(k) != config.get(k)
+        k: (saved[k], config.get(k))
+        for k in sorted(saved)  # not the fields added since it was written
+        if k not in may_differ and saved[k] != config.get(k)
     }
     if diff:
         lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
