@@ -3,8 +3,10 @@ phase's mechanics on a small chunked learner with Adam (bitwise resume mid-episo
 mid-chunk with two seeds, the buffer's size kept, the optimiser reset, the refusals), and
 RQL learning online what its offline data never show (`toy-reach`)."""
 
+import collections
 import dataclasses
 import json
+import logging
 import signal
 from pathlib import Path
 
@@ -299,3 +301,22 @@ def test_rql_online_finds_the_actions_its_data_never_show(tmp_path):
     switch = np.mean([fx.read_run(online / f"seed{s}").eval[2]["success"] for s in (0, 1)])
     assert final(offline) <= 0.1 and switch <= 0.2
     assert final(online) >= 0.4 and final(online) >= final(offline) + 0.3
+
+
+def compiled(caplog) -> collections.Counter:
+    """How often each jitted function was compiled, from JAX's `log_compiles` records."""
+    names = [r.getMessage().split()[1] for r in caplog.records]
+    return collections.Counter(n for n in names if n.startswith("jit("))
+
+
+def test_the_online_update_and_acting_compile_once_also_when_resumed(tmp_path, caplog):
+    """Two seeds split over the two test devices: the first update's buffer must already be
+    placed like the state, or the second call compiles the update again."""
+    caplog.set_level(logging.WARNING)
+    with jax.log_compiles(True):
+        part = run(tmp_path, "part", online_steps=9)
+    assert compiled(caplog)["jit(one)"] == 1 and compiled(caplog)["jit(batched)"] == 1
+    caplog.clear()
+    with jax.log_compiles(True):
+        run(tmp_path, "again", resume=str(part), online_steps=18)
+    assert compiled(caplog)["jit(one)"] == 1 and compiled(caplog)["jit(batched)"] == 1

@@ -14,9 +14,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
 
 from .._blocks import scan_block
 from ..data import AbstractMixing, MixedData, ReplayBuffer
+from ._distributed import fetch_to_host, shard_seeds
 from ._learner import Learner, make_policy
 
 
@@ -385,6 +387,16 @@ def checkpoint_template(phase: OnlinePhase | None, state: Any, data: Any, opt: A
     return OnlineCheckpoint(state, like)
 
 
+def _placed_like(buffers: Any, state: Any, stacked: bool) -> Any:
+    """A stack of buffers split over the devices as the stacked state's seed axis is (else the
+    first update's output, placed like the state, would compile the update a second time)."""
+    if stacked:
+        for x in jax.tree.leaves(state):
+            if isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding) and x.ndim:
+                return shard_seeds(buffers, x.sharding.mesh)
+    return buffers
+
+
 def _seed_buffer(buffer: ReplayBuffer, i: int, stacked: bool) -> ReplayBuffer:
     if not stacked:
         return buffer
@@ -434,12 +446,14 @@ def run_online(
         if loaded is None:
             obs_dim = train.obs_dim
             buffers = empty_buffers(o, obs_dim, phase.action_dim, seeds if opt.stacked else None)
+            buffers = _placed_like(buffers, state, opt.stacked)
             online = OnlineState.start(seeds, obs_dim, phase.action_dim, phase.horizon, buffers)
             actors.begin(online)
             if phase.fresh_opt_state is not None:
                 state = eqx.tree_at(lambda s: s.opt_state, state, phase.fresh_opt_state())
         else:
-            online = dataclasses.replace(loaded, buffer=loaded.buffer.expand())
+            buffers = _placed_like(loaded.buffer.expand(), state, opt.stacked)
+            online = dataclasses.replace(loaded, buffer=buffers)
             actors.replay(online, lambda i: _seed_buffer(online.buffer, i, opt.stacked))
         return _online_iterations(
             run, phase, actors, state, step, total, (train, next_train), online,
@@ -451,7 +465,6 @@ def run_online(
 
 
 def _online_iterations(run, phase, actors, state, step, total, data, online, val, shard_every):
-    from ._distributed import fetch_to_host
     from ._loop import _rows, check_finite
 
     opt, (train, next_train), (validate, val) = run.opt, data, val
