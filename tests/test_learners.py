@@ -2,6 +2,7 @@
 dataset through the shared driver, offline then online (acting in the environment), logs
 every split, and resumes bitwise inside the online phase."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,14 +39,17 @@ def tiny(name, cube_dir, run_dir, **fields):
 def test_learner_trains_two_seeds_offline_then_online_and_resumes_bitwise(
     name, tiny_cube_dir, tmp_path
 ):
-    """50 offline updates, then 50 online environment steps (one update each); the partial run
-    stops after 25 of them (its buffer half full, mid-episode) and is resumed."""
+    """50 offline updates, then 50 online environment steps (one update each). A copy of the
+    run as a kill after 25 online steps leaves it (its checkpoint there: the buffer half full,
+    mid-episode) is resumed and must end bitwise equal."""
     learner = LEARNERS[name]
-    online = dict(steps=50, block=25, eval_every=25, buffer_size=50)
-    full = fx.run(tiny(name, tiny_cube_dir, tmp_path / "full", online_steps=50, **online), learner)
-    part = fx.run(tiny(name, tiny_cube_dir, tmp_path / "part", online_steps=25, **online), learner)
-    resume = tiny(name, tiny_cube_dir, tmp_path / "x", online_steps=50, resume=str(part), **online)
-    fx.run(resume, learner)
+    online = dict(steps=50, block=25, eval_every=25, buffer_size=50, online_steps=50)
+    full = fx.run(tiny(name, tiny_cube_dir, tmp_path / "full", **online), learner)
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    shutil.rmtree(fx.latest_checkpoint(part / "checkpoint")[0])  # the newest: step 100
+    assert fx.latest_checkpoint(part / "checkpoint")[1] == 75
+    fx.run(tiny(name, tiny_cube_dir, tmp_path / "x", resume=str(part), **online), learner)
     files = [fx.latest_checkpoint(run / "checkpoint")[0] / "state.eqx" for run in (full, part)]
     assert files[0].read_bytes() == files[1].read_bytes()
     runs = [fx.read_run(full / f"seed{s}") for s in (0, 1)]
@@ -70,7 +74,9 @@ def test_learner_trains_two_seeds_offline_then_online_and_resumes_bitwise(
             assert record.config[field] == value
     assert runs[0].train[0][learner.metrics[0]] != runs[1].train[0][learner.metrics[0]]
     drop = ("time", "steps_per_s", "env_steps_per_s")
-    resumed = fx.read_run(part / "seed1").train
-    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == [
-        {k: v for k, v in r.items() if k not in drop} for r in runs[1].train
-    ]
+    for s in (0, 1):  # the resumed copy rewrote what followed step 75 exactly
+        for split in ("train", "val", "eval", "online"):
+            a, b = (fx.CSVLogger(run / f"seed{s}").read(split) for run in (full, part))
+            assert [{k: v for k, v in r.items() if k not in drop} for r in a] == [
+                {k: v for k, v in r.items() if k not in drop} for r in b
+            ], split

@@ -278,7 +278,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def test_rql_online_finds_the_actions_its_data_never_show(tmp_path):
     """`toy-reach`: every data action is below 0.1 with reward -1; success needs a >= 0.5.
     With the same 3000 updates, the offline run stays at the data (success ~0) while the run
-    that spends 2000 of them online, acting with noise 0.3, finds and keeps success."""
+    that spends 2000 of them online, acting with noise 0.3, finds and keeps success (10
+    environment steps, then 10 updates, per jitted call)."""
     rql = fx.load_learners([EXAMPLES / "rql_ogbench.py"])["rql"]
     base = dict(
         env_name="toy-reach",
@@ -293,7 +294,12 @@ def test_rql_online_finds_the_actions_its_data_never_show(tmp_path):
     offline = fx.run(rql.default_config(**base, steps=3000, run_dir=str(tmp_path / "off")), rql)
     online = fx.run(
         rql.default_config(
-            **base, steps=1000, online_steps=2000, explore_noise=0.3, run_dir=str(tmp_path / "on")
+            **base,
+            steps=1000,
+            online_steps=2000,
+            update_every=10,
+            explore_noise=0.3,
+            run_dir=str(tmp_path / "on"),
         ),
         rql,
     )
