@@ -14,7 +14,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 
 from .._blocks import scan_block
 from ..data import AbstractMixing, MixedData, ReplayBuffer
@@ -392,8 +392,9 @@ def _placed_like(buffers: Any, state: Any, stacked: bool) -> Any:
     first update's output, placed like the state, would compile the update a second time)."""
     if stacked:
         for x in jax.tree.leaves(state):
-            if isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding) and x.ndim:
-                return shard_seeds(buffers, x.sharding.mesh)
+            sharding = x.sharding if isinstance(x, jax.Array) else None
+            if isinstance(sharding, NamedSharding) and isinstance(sharding.mesh, Mesh):
+                return shard_seeds(buffers, sharding.mesh)
     return buffers
 
 
