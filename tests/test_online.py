@@ -7,6 +7,7 @@ import collections
 import dataclasses
 import json
 import logging
+import shutil
 import signal
 from pathlib import Path
 
@@ -158,6 +159,24 @@ def test_the_optimizer_resets_at_the_switch_only_when_asked(tmp_path):
     count = lambda s: np.asarray(s.opt_state[0].count)  # noqa: E731  (Adam's step count)
     np.testing.assert_array_equal(count(kept), [30, 30])  # 12 offline + 18 online updates
     np.testing.assert_array_equal(count(reset), [18, 18])  # counted again from the switch
+
+
+def test_a_resume_that_does_not_name_the_online_budget_keeps_it(tmp_path):
+    """Resuming an offline checkpoint of a run with an online phase, without --online-steps:
+    the saved online budget (and --keep-checkpoints) hold, and it ends as the uninterrupted run
+    (before, the flag's default 0 replaced the saved budget: the run ended offline)."""
+    full = run(tmp_path, "full", online_steps=18, keep_checkpoints=9)
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    for path in (part / "checkpoint").iterdir():
+        if int(path.name.removeprefix("step_")) > 12:  # as a kill in the offline phase leaves it
+            shutil.rmtree(path)
+    fx.run(CHUNKS.default_config(resume=str(part), progress=False), CHUNKS)
+    config = json.loads((part / "config.json").read_text())
+    assert (config["online_steps"], config["keep_checkpoints"]) == (18, 9)
+    files = [fx.latest_checkpoint(r / "checkpoint")[0] / "state.eqx" for r in (full, part)]
+    assert files[0].read_bytes() == files[1].read_bytes()
+    assert rows(full / "seed1", "eval") == rows(part / "seed1", "eval")
 
 
 def test_a_resume_keeps_the_buffer_size_and_the_offline_budget(tmp_path):

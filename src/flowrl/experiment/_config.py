@@ -141,8 +141,9 @@ RUN_CONTROL = (
 )
 """The [`flowrl.experiment.RunConfig`][] fields a resumed run may change: they steer the run
 (budget, outputs, processes), not its results. Resuming takes them from the resuming command
-where it sets them (`--steps` left unset keeps the saved budget); any other flag given must
-equal the saved value, or is applied with `--override` ([`flowrl.experiment.restore_config`][])."""
+where it gives them (`--steps` or `--online-steps` left out keeps the saved budget); any other
+flag given must equal the saved value, or is applied with `--override`
+([`flowrl.experiment.restore_config`][])."""
 
 RUN_RECORD = ("learner", "overrides")
 """Keys of `config.json` besides the config's fields: the learner's name, and the overrides
@@ -365,9 +366,10 @@ def restore_config(
 
     - `cfg`: the resuming call's config, an instance of the saved config's class.
     - `run_dir`: the run directory.
-    - `keep`: fields taken from `cfg` where it sets them (not `None`); by default the run
-      control ([`flowrl.experiment.RUN_CONTROL`][]), so `--steps` left unset keeps the
-      saved budget.
+    - `keep`: fields taken from `cfg` where the call gives them (named in `given`; without
+      `given`, where they are not `None`), else kept as saved; by default the run control
+      ([`flowrl.experiment.RUN_CONTROL`][]), so `--steps` or `--online-steps` left out keeps
+      the saved budget.
     - `given`: the fields the caller gave explicitly ([`flowrl.experiment.main`][]: the flags
       of the command line). Those outside `keep` must equal the saved values.
     - `override`: apply the given fields that differ instead of refusing them.
@@ -408,7 +410,10 @@ def restore_config(
                 ]
             )
         )
-    kept = {k: getattr(cfg, k) for k in keep if getattr(cfg, k) is not None}
+    # A run-control field the call does not give keeps its saved value: a resume without
+    # --online-steps must not drop the saved online phase (its default 0 is not "given").
+    set_here = (lambda k: k in given) if given else (lambda k: getattr(cfg, k) is not None)
+    kept = {k: getattr(cfg, k) for k in keep if getattr(cfg, k) is not None and set_here(k)}
     changed = {k: given_value for k, (_, given_value) in differ.items()}
     return dataclasses.replace(restored, **kept, **changed), differ
 
