@@ -6,6 +6,7 @@ machine's matmul ceiling.
     python benchmarks/throughput.py --json out.json
     python benchmarks/throughput.py --seeds 1 8          # 1 seed, then 8 seeds in one block
     python benchmarks/throughput.py --learner fql        # another registered learner
+    python benchmarks/throughput.py --sweep alpha --seeds 1 4 8  # sweeps of 1, 4, 8 members
 
 `--learner` names any learner of `examples/*_ogbench.py` (`rql`, `naive`, `fql`, `ifql`, `dsrl`,
 `fbrac`, `fawac`, `rebrac`; loaded with `flowrl.experiment.load_learners`). The block timed is
@@ -35,6 +36,11 @@ on a leading axis and one block `vmap`ped over them (`--seeds` of the examples; 
 devices the seed axis is split over them). `steps_per_s` is then per seed and
 `aggregate_steps_per_s` = N x `steps_per_s`; `scaling` is the aggregate over the 1-seed figure
 when both were measured.
+
+With `--sweep FIELD` (a float field of the learner's config, e.g. `alpha`), the N stacked states
+are the members of a sweep instead (`--sweep` of the examples, `flowrl.experiment.swept`): member
+`i` has seed `i` and `FIELD = (i + 1) x` its preset, carried as an array in its state, and the
+block is vmapped over all N (also for N = 1), so the figures are those of a sweep run.
 
 Data are synthetic (random windows of 1000-step trajectories): throughput does not depend on
 their values. Report the machine with the figures; on a shared machine the numbers drop.
@@ -148,11 +154,27 @@ def case_config(learner: fx.Learner, name: str, block: int):
     return learner.resolve(cfg), synthetic_dataset(spec["obs"], spec["act"])
 
 
-def run_case(learner: fx.Learner, name: str, block: int, repeats: int, seeds: int = 1) -> dict:
+def run_case(
+    learner: fx.Learner,
+    name: str,
+    block: int,
+    repeats: int,
+    seeds: int = 1,
+    sweep: str | None = None,
+) -> dict:
     spec = CASES[name]
     cfg, ds = case_config(learner, name, block)
-    state = init_states(learner, cfg, ds, seeds)
-    fn = fx.make_block(learner, cfg, seeds=seeds > 1)  # the block training runs
+    if sweep is not None:  # N members of a sweep over `sweep`, as the examples' --sweep runs
+        learner = fx.swept(learner, [sweep])
+        base = getattr(cfg, sweep)
+        values = {sweep: [(i + 1) * base for i in range(seeds)]}
+        dims = (ds.obs_dim, cfg.horizon * ds.action_dim)
+        one = lambda k, v: learner.init(dataclasses.replace(cfg, **v), *dims, k)  # noqa: E731
+        state = fx.init_seeds(one, range(seeds), values)
+    else:
+        state = init_states(learner, cfg, ds, seeds)
+    stacked = seeds > 1 or sweep is not None
+    fn = fx.make_block(learner, cfg, seeds=stacked)  # the block training runs
     t0 = time.perf_counter()
     state, metrics = fn(ds, state)
     jax.block_until_ready(metrics)
@@ -164,7 +186,7 @@ def run_case(learner: fx.Learner, name: str, block: int, repeats: int, seeds: in
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     per_block = float(np.median(times))
-    flops = cost_flops(learner, cfg, ds, state, seeds)  # per update of all seeds together
+    flops = cost_flops(learner, cfg, ds, state, stacked)  # per update of all seeds together
     num_critics = getattr(cfg, "num_critics", None)
     ceiling = matmul_ceiling(cfg.batch_size, cfg.hidden[0], num_critics or 1)
     steps_per_s = block / per_block
@@ -172,6 +194,7 @@ def run_case(learner: fx.Learner, name: str, block: int, repeats: int, seeds: in
         "learner": learner.name,
         "case": name,
         "seeds": seeds,
+        "sweep": sweep,
         "hidden": list(cfg.hidden),
         "num_critics": num_critics,
         "batch_size": cfg.batch_size,
@@ -206,12 +229,12 @@ def init_states(learner: fx.Learner, cfg, ds: Dataset, seeds: int):
     return fx.init_seeds(lambda k: learner.init(cfg, *dims, k), range(seeds))
 
 
-def cost_flops(learner: fx.Learner, cfg, ds, state, seeds: int = 1) -> float:
+def cost_flops(learner: fx.Learner, cfg, ds, state, stacked: bool = False) -> float:
     """FLOP of one update (of all `seeds` together) from XLA's cost analysis of the compiled
     `learner.step`. With the seeds split over several devices, XLA reports one device's share:
     it is multiplied by the number of devices."""
     step = lambda d, st: learner.step(cfg, st, d)  # noqa: E731
-    if seeds > 1:
+    if stacked:
         step = jax.vmap(step, in_axes=(None, 0))
     analysis = jax.jit(step).lower(ds, state).compile().cost_analysis()
     if isinstance(analysis, list):
@@ -238,6 +261,12 @@ def main() -> None:
         default=[1],
         help="number(s) of seeds trained together in one vmapped block (e.g. 1 8)",
     )
+    parser.add_argument(
+        "--sweep",
+        default=None,
+        metavar="FIELD",
+        help="the --seeds counts are members of a sweep over this float field (e.g. alpha)",
+    )
     parser.add_argument("--json", type=str, default=None, help="also write the results here")
     args = parser.parse_args()
     if any(n < 1 for n in args.seeds):
@@ -246,6 +275,11 @@ def main() -> None:
         parser.error(f"--block and --repeats must be >= 1, got {args.block} and {args.repeats}")
     dev = jax.devices()[0]
     learner = fx.get_learner(args.learner)
+    if args.sweep is not None:
+        try:
+            fx.parse_sweep([f"{args.sweep}=1"], learner.config)
+        except fx.ConfigError as e:
+            parser.error(str(e))
     header = {
         "learner": learner.name,
         "device": f"{dev.platform}: {dev.device_kind}",
@@ -258,7 +292,9 @@ def main() -> None:
     }
     print(json.dumps(header))
     rows = [
-        run_case(learner, c, args.block, args.repeats, n) for c in args.cases for n in args.seeds
+        run_case(learner, c, args.block, args.repeats, n, args.sweep)
+        for c in args.cases
+        for n in args.seeds
     ]
     one_seed = {r["case"]: r["steps_per_s"] for r in rows if r["seeds"] == 1}
     for r in rows:

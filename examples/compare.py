@@ -15,7 +15,13 @@ curves and final success with intervals), and one run directory per learner and 
 finished run directory is reused rather than trained again (`--rerun` to retrain); an
 unfinished one is resumed from its checkpoint.
 
+With `--sweep FIELD=V1,V2,...` (any float field the learners' configs share, e.g. `alpha`),
+each learner trains every value with every seed in ONE run (`--sweep` of the examples: one
+compiled program, `<out>/<learner>/alpha=3/seed<s>/`), and the table has one row per learner
+and value (`rql alpha=3`); `wall min/run` is then that run's wall time over its members.
+
     python examples/compare.py --dataset-dir /tmp/defaultdata --steps 20000 --seeds 0 1
+    python examples/compare.py --learners rql --sweep alpha=1,3,10 --seeds 0 1
 """
 
 from __future__ import annotations
@@ -53,6 +59,9 @@ class CompareConfig:
     (the default): every registered learner, in name order."""
     seeds: tuple[int, ...] = (0, 1)
     """Seeds; each learner runs once per seed."""
+    sweep: tuple[str, ...] = ()
+    """FIELD=V1,V2,... (e.g. alpha=1,3,10): each learner trains every combination of values
+    with every seed in one run (one compiled program); one table row per learner and values."""
     env_name: str = "cube-single-play-singletask-task2-v0"
     """OGBench singletask dataset name (the same for all learners)."""
     steps: int = 20_000
@@ -93,24 +102,43 @@ def total_steps(cfg: CompareConfig) -> int:
     return cfg.steps + cfg.online_steps
 
 
-def run_dir(cfg: CompareConfig, learner: str, seed: int) -> Path:
-    return Path(cfg.out) / learner / f"seed{seed}"
+def members(cfg: CompareConfig, learner: str) -> list[str]:
+    """The sweep labels of a learner's rows (`alpha=3`), or `[""]` without `--sweep`."""
+    if not cfg.sweep:
+        return [""]
+    sweep = fx.parse_sweep(cfg.sweep, fx.get_learner(learner).config)
+    assert sweep is not None
+    return [fx.Sweep.label(point) for point in sweep.points()]
 
 
-def train_one(cfg: CompareConfig, name: str, seed: int) -> float:
-    """Train one learner with one seed (or resume / reuse its run); returns wall seconds."""
+def run_dir(cfg: CompareConfig, learner: str, seed: int, member: str = "") -> Path:
+    """The directory of one seed's logs (of one sweep member with `member`)."""
+    return Path(cfg.out) / learner / member / f"seed{seed}"
+
+
+def train_one(cfg: CompareConfig, name: str, seed: int | None) -> float:
+    """Train one learner with one seed, or (`seed=None`, with `--sweep`) every seed and sweep
+    value in one run (or resume / reuse it); returns wall seconds."""
     learner = fx.get_learner(name)
-    path = run_dir(cfg, name, seed)
-    record = fx.read_run(path)
+    if seed is None:
+        path = Path(cfg.out) / name
+        first = run_dir(cfg, name, cfg.seeds[0], members(cfg, name)[0])
+        what = f"{name} sweep"
+    else:
+        path = first = run_dir(cfg, name, seed)
+        what = f"{name} seed {seed}"
+    record = fx.read_run(first)
     if record.finished(total_steps(cfg)) and not cfg.rerun:
-        print(f"{name} seed {seed}: finished run in {path}, reused")
+        print(f"{what}: finished run in {path}, reused")
         return math.nan
     resume = record.checkpoint_step is not None and not cfg.rerun
     if not resume and path.exists():  # train anew: fx.run refuses a directory holding a run
         shutil.rmtree(path)
     run_cfg = learner.default_config(
         env_name=cfg.env_name,
-        seed=seed,
+        seed=cfg.seeds[0] if seed is None else seed,
+        seeds=tuple(cfg.seeds) if seed is None else None,
+        sweep=tuple(cfg.sweep),
         steps=cfg.steps,
         online_steps=cfg.online_steps,
         hidden=tuple(cfg.hidden),
@@ -148,8 +176,9 @@ def summarize(cfg: CompareConfig, wall: dict[tuple[str, int], float] | None = No
     """One row per learner: per-seed final and best success, their means and intervals over
     seeds, speed, wall time."""
     rows = []
-    for learner in cfg.learners:
-        runs = [read_run(run_dir(cfg, learner, s), total_steps(cfg)) for s in cfg.seeds]
+    for learner, member in ((lr, m) for lr in cfg.learners for m in members(cfg, lr)):
+        dirs = [run_dir(cfg, learner, s, member) for s in cfg.seeds]
+        runs = [read_run(d, total_steps(cfg)) for d in dirs]
         finals = [r["final"] for r in runs]
         bests = [r["best"] for r in runs]
         ci = fx.confidence_interval(finals, level=cfg.level, method=cfg.interval)
@@ -158,7 +187,8 @@ def summarize(cfg: CompareConfig, wall: dict[tuple[str, int], float] | None = No
         rows.append(
             dict(
                 learner=learner,
-                name=learner,
+                name=f"{learner} {member.replace('/', ' ')}".strip(),
+                dirs=dirs,
                 seeds=len(cfg.seeds),
                 finals=finals,
                 mean=ci.mean,
@@ -205,7 +235,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
             finals = " ".join(f"{x:.4f}" for x in r["finals"])
             bests = " ".join(f"{x:.4f}" for x in r["bests"])
             w.writerow(
-                [r["learner"], r["seeds"], finals, bests]
+                [r["name"], r["seeds"], finals, bests]
                 + [f"{r[k]:.4f}" for k in (*keys, "steps_per_s", "wall_min")]
             )
 
@@ -275,10 +305,18 @@ def main(cfg: CompareConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    wall = {(lr, s): train_one(cfg, lr, s) for lr in cfg.learners for s in cfg.seeds}
+    if cfg.sweep:  # each learner's sweep: checked first, then one run for all its members
+        for lr in cfg.learners:
+            members(cfg, lr)
+        wall = {}
+        for lr in cfg.learners:
+            share = train_one(cfg, lr, None) / (len(members(cfg, lr)) * len(cfg.seeds))
+            wall.update({(lr, s): share for s in cfg.seeds})
+    else:
+        wall = {(lr, s): train_one(cfg, lr, s) for lr in cfg.learners for s in cfg.seeds}
     total_min = (time.perf_counter() - t_start) / 60
     rows = summarize(cfg, wall)
-    data = fx.read_run(run_dir(cfg, cfg.learners[0], cfg.seeds[0])).data
+    data = fx.read_run(rows[0]["dirs"][0]).data
     record = data.get("rebuild_record") or {}
     label = (
         f"REBUILT data ({record.get('episodes')} episodes x {record.get('steps_per_episode')} "
@@ -308,16 +346,8 @@ def main(cfg: CompareConfig) -> Path:
         w = csv.writer(f)
         w.writerow(["learner", "seed", "final_success", "wall_s", "run_dir"])
         for r in rows:
-            for s, x in zip(cfg.seeds, r["finals"], strict=True):
-                w.writerow(
-                    [
-                        r["learner"],
-                        s,
-                        x,
-                        f"{wall[(r['learner'], s)]:.1f}",
-                        run_dir(cfg, r["learner"], s),
-                    ]
-                )
+            for s, x, d in zip(cfg.seeds, r["finals"], r["dirs"], strict=True):
+                w.writerow([r["name"], s, x, f"{wall[(r['learner'], s)]:.1f}", d])
     plot(out / "compare.png", rows, f"{cfg.env_name}, {cfg.steps} steps, {len(cfg.seeds)} seeds")
     print((out / "compare.md").read_text())
     return out

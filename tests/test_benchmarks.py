@@ -78,7 +78,9 @@ def test_stacked_seeds_cost_exactly_their_number_of_updates(throughput, rql, one
     cfg, ds = throughput.case_config(rql, "cpu-default", block=1)
     one = one_seed_flops
     n = 2 * jax.device_count()  # split evenly over the (test session's 2 virtual) devices
-    stacked = throughput.cost_flops(rql, cfg, ds, throughput.init_states(rql, cfg, ds, n), seeds=n)
+    stacked = throughput.cost_flops(
+        rql, cfg, ds, throughput.init_states(rql, cfg, ds, n), stacked=True
+    )
     assert one > 1e8  # 2 x 256 networks, batch 256: hundreds of MFLOP per update
     assert stacked == pytest.approx(n * one, rel=0.01)
 

@@ -140,3 +140,33 @@ def test_unknown_learner_is_refused_naming_the_registered_ones(tmp_path, monkeyp
     registered = message.split("registered:")[1]
     assert all(f"'{name}'" in registered for name in ("fql", "naive", "rql"))
     assert not (tmp_path / "o").exists()  # refused before any output or training
+
+
+def test_a_sweep_gives_one_row_per_learner_and_value(tmp_path):
+    """--sweep: each learner's members in one run directory (`<out>/rql/alpha=3/seed0`, the
+    config at `<out>/rql`), read back as one row per value; finished runs are reused."""
+    cfg = compare.CompareConfig(
+        learners=("rql",), seeds=(0, 1), sweep=("alpha=1,3",), steps=200, out=str(tmp_path)
+    )
+    finals = {("alpha=1", 0): 0.2, ("alpha=1", 1): 0.4, ("alpha=3", 0): 0.6, ("alpha=3", 1): 0.8}
+    for (member, seed), final in finals.items():
+        log = fx.CSVLogger(compare.run_dir(cfg, "rql", seed, member))
+        for step, success in ((0, 0.0), (200, final)):
+            log.log("eval", step, {"success": success, "return": -1.0, "length": 200})
+        log.log("train", 200, {"critic_loss": 1.0, "steps_per_s": 40.0})
+    config = {"env_name": cfg.env_name, "steps": 200, "sweep": list(cfg.sweep)}
+    (tmp_path / "rql" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "rql" / "data.json").write_text(json.dumps({"rebuilt": True}))
+    assert compare.members(cfg, "rql") == ["alpha=1", "alpha=3"]
+    out = compare.main(cfg)
+    md = (out / "compare.md").read_text()
+    assert "| rql alpha=1 | 0.20, 0.40 | 0.300 |" in md
+    assert "| rql alpha=3 | 0.60, 0.80 | 0.700 |" in md
+    with (out / "runs.csv").open() as f:
+        runs = list(csv.DictReader(f))
+    assert [(r["learner"], r["seed"]) for r in runs][1:3] == [
+        ("rql alpha=1", "1"),
+        ("rql alpha=3", "0"),
+    ]
+    with pytest.raises(fx.ConfigError, match="no field 'beta'"):
+        compare.main(dataclasses.replace(cfg, sweep=("beta=1,2",)))

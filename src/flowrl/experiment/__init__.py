@@ -64,6 +64,10 @@ from ._records import RunRecord as RunRecord
 from ._records import read_run as read_run
 from ._stats import Interval as Interval
 from ._stats import confidence_interval as confidence_interval
+from ._sweep import Sweep as Sweep
+from ._sweep import Swept as Swept
+from ._sweep import parse_sweep as parse_sweep
+from ._sweep import swept as swept
 
 __all__ = [
     "RUN_CONTROL",
@@ -86,6 +90,8 @@ __all__ = [
     "RunData",
     "RunRecord",
     "SolverName",
+    "Sweep",
+    "Swept",
     "batch_policy",
     "check_config",
     "check_finite",
@@ -108,6 +114,7 @@ __all__ = [
     "make_policy",
     "make_solver",
     "make_validation",
+    "parse_sweep",
     "online_episode_seed",
     "plot_learning_curve",
     "progress",
@@ -124,5 +131,6 @@ __all__ = [
     "save_video",
     "seed_mesh",
     "shard_seeds",
+    "swept",
     "train_loop",
 ]

@@ -51,6 +51,10 @@ class RunConfig:
     seeds: tuple[int, ...] | None = None
     """Train these seeds at once in one process (vmap over the learner state); overrides
     --seed. Logs go to <run-dir>/seed<s>/; the seed axis is split over all devices."""
+    sweep: tuple[str, ...] = ()
+    """Hyperparameter sweep in one compiled program: FIELD=V1,V2,... for float fields of the
+    learner (e.g. --sweep alpha=1,3,10 kappa=0.5,0.9); every combination trains with every
+    seed, vmapped together. Logs go to <run-dir>/alpha=3/kappa=0.5/seed<s>/."""
     steps: int | None = None
     """Total gradient steps (preset)."""
     block: int = 1000

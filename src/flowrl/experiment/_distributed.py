@@ -3,7 +3,7 @@ sharding machinery."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import equinox as eqx
@@ -111,21 +111,33 @@ def _broadcast_text(text: str, size: int = 4096) -> str:
     return bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer))).rstrip(b"\0").decode()
 
 
-def init_seeds(init: Callable[[jax.Array], T], seeds: Sequence[int]) -> T:
+def init_seeds(
+    init: Callable[..., T],
+    seeds: Sequence[int],
+    values: Mapping[str, Sequence[float]] | None = None,
+) -> T:
     """The states of several seeds stacked on a leading seed axis: element `i` is
     `init(jax.random.key(seeds[i]))`, built in one `vmap`. With several devices the seed axis
     is split over all of them ([`flowrl.experiment.shard_seeds`][]), so `len(seeds)` must then be a
     multiple of the device count.
 
     **Arguments:** `init`, a function from a PRNG key to a learner state (a pytree of arrays);
-    `seeds`, the integer seeds (at least one).
+    `seeds`, the integer seeds (at least one, repeats allowed); `values`, for a sweep
+    ([`flowrl.experiment.Sweep`][]): named float32 values per entry, passed as
+    `init(key, {name: value_i})` (traced scalars).
 
     **Returns:** the stacked (and, on several devices, placed) state.
     """
     if len(seeds) < 1:
         raise ValueError("`seeds` must name at least one seed")
     keys = jnp.stack([jax.random.key(s) for s in seeds])
-    state = eqx.filter_vmap(init)(keys)
+    if values is None:
+        state = eqx.filter_vmap(init)(keys)
+    else:
+        if any(len(v) != len(seeds) for v in values.values()):
+            raise ValueError("every entry of `values` must have one value per seed")
+        arrays = {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
+        state = eqx.filter_vmap(init)(keys, arrays)
     if jax.device_count() > 1:
         state = shard_seeds(state, seed_mesh())
     return state
@@ -163,15 +175,23 @@ def init_distributed(
     return jax.process_index(), jax.process_count()
 
 
-def _process_mesh(state: Any) -> Any:
+def _state_mesh(state: Any, *, across_processes: bool = False) -> Mesh | None:
+    """The device mesh a (stacked) state is split over: that of its first array leaf placed
+    with a `NamedSharding` (with `across_processes`, of one spanning several processes), or
+    `None`."""
+    for x in jax.tree.leaves(state):
+        if isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding):
+            if isinstance(x.sharding.mesh, Mesh):
+                if not across_processes or not x.is_fully_addressable:
+                    return x.sharding.mesh
+    return None
+
+
+def _process_mesh(state: Any) -> Mesh | None:
     """The mesh of the state's sharding when it spans several processes, else `None`."""
     if jax.process_count() == 1:
         return None
-    for x in jax.tree.leaves(state):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            if isinstance(x.sharding, jax.sharding.NamedSharding):
-                return x.sharding.mesh
-    return None
+    return _state_mesh(state, across_processes=True)
 
 
 def _gather_rows(rows: dict[int, dict[str, float]], count: int) -> list[dict[str, float]]:

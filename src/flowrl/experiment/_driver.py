@@ -9,6 +9,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import equinox as eqx
 import jax
 
 from ._checkpoints import latest_checkpoint
@@ -28,6 +29,7 @@ from ._learner import Learner, make_block, make_policy, make_validation
 from ._loop import LoopOptions, RunData, train_loop
 from ._online import OnlineOptions, make_online
 from ._records import CONFIG_FILE, checkpoint_dir
+from ._sweep import Sweep, parse_sweep, swept
 
 
 def load_run_data(cfg: RunConfig) -> tuple[RunData, Callable[[int], Iterator[Any]] | None]:
@@ -158,6 +160,7 @@ def _prepare_run(
             print(f"Overriding {sorted(fields)} of {run_dir} from step {step}")
     cfg = resolve_online(learner.resolve(cfg))
     check_config(cfg, {})  # the shared fields, also for a learner whose resolve checks none
+    _check_sweep(cfg, learner)
     if not cfg.resume:
         tag = "_".join(map(str, cfg.seeds or (cfg.seed,)))
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -168,11 +171,32 @@ def _prepare_run(
     return cfg, run_dir, record
 
 
+def _check_sweep(cfg: RunConfig, learner: Learner) -> None:
+    """Every point of `--sweep` passes the learner's checks and changes nothing but its own
+    fields (no preset derived from a swept value)."""
+    sweep = parse_sweep(cfg.sweep, learner.config)
+    if sweep is None:
+        return
+    base = dataclasses.asdict(cfg)
+    for point in sweep.points():
+        where = f"--sweep {Sweep.label(point).replace('/', ' ')}"
+        try:
+            member = resolve_online(learner.resolve(dataclasses.replace(cfg, **point)))
+            check_config(member, {})
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        changed = sorted(
+            k for k, v in dataclasses.asdict(member).items() if k not in point and v != base[k]
+        )
+        if changed:
+            raise ConfigError(f"{where}: the learner's presets then change {changed} too")
+
+
 def _shared_run_dir(run_dir: Path, cfg: RunConfig) -> Path:
     """With several processes: process 0's run directory (its time stamp), for all."""
     if jax.process_count() == 1:
         return run_dir
-    if not cfg.seeds:
+    if not cfg.seeds and not cfg.sweep:
         raise ConfigError(
             f"{jax.process_count()} processes need --seeds (a multiple of the "
             f"{jax.device_count()} devices of all processes): with one seed every process "
@@ -236,16 +260,31 @@ def run(
             raise ConfigError("--online-steps: the online phase runs in one process only")
         init_distributed(cfg.coordinator, cfg.num_processes, cfg.process_id)
     seeds = tuple(cfg.seeds) if cfg.seeds else (cfg.seed,)
+    sweep = parse_sweep(cfg.sweep, learner.config)
+    labels, values = (), None
+    if sweep is not None:  # members: every point with every seed; the values in the state
+        learner = swept(learner, sweep.fields)
+        members = [(point, s) for point in sweep.points() for s in seeds]
+        labels = tuple(f"{Sweep.label(point)}/seed{s}" for point, s in members)
+        values = {f: [point[f] for point, _ in members] for f in sweep.fields}
+        seeds = tuple(s for _, s in members)
+    stacked = bool(cfg.seeds) or sweep is not None
     run_dir = _shared_run_dir(run_dir, cfg)
     data, shards = load_run_data(cfg)
     dims = (data.train.obs_dim, cfg.horizon * data.train.action_dim)
 
     def init():
-        if cfg.seeds:  # a stacked state, seed axis first, split over the devices
+        if values is not None:  # a stacked state, each member with its values
+            one = lambda k, v: learner.init(dataclasses.replace(cfg, **v), *dims, k)  # noqa: E731
+            return init_seeds(one, seeds, values)
+        if stacked:  # a stacked state, seed axis first, split over the devices
             return init_seeds(lambda k: learner.init(cfg, *dims, k), seeds)
         return learner.init(cfg, *dims, jax.random.key(cfg.seed))
 
     state = init()
+    if sweep is not None:  # a learner using a swept field as a Python number fails here
+        member = jax.tree.map(lambda x: x[0] if eqx.is_array(x) else x, state)
+        jax.eval_shape(lambda st: learner.step(cfg, st, data.train), member)
     overridden = {k for entry in record["overrides"] for k in entry["fields"]}
     options = LoopOptions(
         run_dir=run_dir,
@@ -254,7 +293,8 @@ def run(
         eval_every=cfg.eval_every,
         eval_episodes=cfg.eval_episodes,
         seeds=seeds,
-        stacked=bool(cfg.seeds),
+        stacked=stacked,
+        labels=labels,
         config={**dataclasses.asdict(cfg), **record},
         resume=bool(cfg.resume),
         may_differ=(*resumable, *RUN_RECORD, *sorted(overridden)),
@@ -267,7 +307,7 @@ def run(
         swap_every=cfg.swap_every,
         keep_checkpoints=cfg.keep_checkpoints,
     )
-    block = make_block(learner, cfg, seeds=bool(cfg.seeds))
+    block = make_block(learner, cfg, seeds=stacked)
     policy, validate = make_policy(learner, cfg), make_validation(learner, cfg)
     online = None
     if cfg.online_steps:
@@ -288,7 +328,6 @@ def run(
                 "reset"
             )
         action_dim = data.train.action_dim
-        stacked = bool(cfg.seeds)
         online = make_online(
             learner, cfg, online_options, action_dim=action_dim, stacked=stacked, init=init
         )

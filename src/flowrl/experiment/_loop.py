@@ -92,6 +92,8 @@ class LoopOptions:
       `eval_every` are multiples of `block_size`.
     - `seeds`: the seeds; `stacked=True` when the state carries a leading axis of one entry
       per seed (then logs go to `run_dir/seed<s>/`), else exactly one seed.
+    - `labels`: for a sweep ([`flowrl.experiment.Sweep`][]), each entry's directory relative
+      to `run_dir` (`alpha=3/seed0`), one per entry of `seeds` (which may then repeat).
     - `config`: the run's config as a JSON-able mapping (saved, and checked on resume).
     - `resume`: load the newest usable checkpoint of `run_dir/checkpoint` first
       ([`flowrl.experiment.load_checkpoint`][]); `may_differ` lists the config fields a
@@ -110,6 +112,7 @@ class LoopOptions:
     eval_episodes: int
     seeds: tuple[int, ...] = (0,)
     stacked: bool = False
+    labels: tuple[str, ...] = ()
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     resume: bool = False
     may_differ: tuple[str, ...] = ()
@@ -126,6 +129,11 @@ class LoopOptions:
         object.__setattr__(self, "run_dir", Path(self.run_dir))
         if not self.stacked and len(self.seeds) != 1:
             raise ValueError(f"an unstacked state has one seed, got seeds={self.seeds}")
+        if self.labels and (not self.stacked or len(self.labels) != len(self.seeds)):
+            raise ValueError(
+                f"`labels` name one directory per entry of a stacked state's seeds, got "
+                f"{len(self.labels)} labels for seeds={self.seeds} (stacked={self.stacked})"
+            )
         if self.block_size < 1 or self.steps % self.block_size or self.eval_every % self.block_size:
             raise ValueError(
                 f"steps ({self.steps}) and eval_every ({self.eval_every}) must be multiples of "
@@ -138,7 +146,12 @@ class LoopOptions:
     def seed_dirs(self) -> list[Path]:
         if not self.stacked:
             return [self.run_dir]
-        return [self.run_dir / f"seed{s}" for s in self.seeds]
+        return [self.run_dir / name for name in self.labels or [f"seed{s}" for s in self.seeds]]
+
+    @property
+    def names(self) -> list[str]:
+        """Each entry's name in messages and plot titles: `seed <s>`, or its sweep label."""
+        return list(self.labels) if self.labels else [f"seed {s}" for s in self.seeds]
 
 
 def _seed_slice(tree: S, i: int) -> S:
@@ -324,9 +337,10 @@ class _Run:
         seeds = ""
         curves = opt.seed_dirs[0] / "learning_curve.png"
         if opt.stacked:
-            each = ", ".join(f"seed {s} {v:.3f}" for s, v in zip(opt.seeds, success, strict=True))
-            seeds = f" (mean over {len(success)} seeds; {each})"
-            curves = opt.run_dir / "seed*" / "learning_curve.png"
+            each = ", ".join(f"{n} {v:.3f}" for n, v in zip(opt.names, success, strict=True))
+            seeds = f" (mean over {len(success)} {'members' if opt.labels else 'seeds'}; {each})"
+            depth = len(opt.labels[0].split("/")) - 1 if opt.labels else 0
+            curves = opt.run_dir / "/".join(["*"] * depth + ["seed*"]) / "learning_curve.png"
         print(
             f"{which} evaluation at step {int(last[0]['step'])}: success rate "
             f"{np.mean(success):.3f}{seeds}; learning curve {curves}"
@@ -354,8 +368,8 @@ class _Run:
             )
         label = "rebuilt" if self.data.record().get("rebuilt") else "official"
         switch = opt.steps if self.online is not None else None
-        for s, d, logger in zip(opt.seeds, opt.seed_dirs, self.loggers, strict=True):
-            title = f"{opt.title} seed {s} ({label} data)"
+        for name, d, logger in zip(opt.names, opt.seed_dirs, self.loggers, strict=True):
+            title = f"{opt.title} {name} ({label} data)"
             path = d / "learning_curve.png"
             plot_learning_curve(logger, path, title=title, losses=opt.metrics, switch=switch)
         self.report("last" if halted else "final")

@@ -14,11 +14,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
 
 from .._blocks import scan_block
 from ..data import AbstractMixing, MixedData, ReplayBuffer
-from ._distributed import fetch_to_host, shard_seeds
+from ._distributed import _state_mesh, fetch_to_host, shard_seeds
 from ._learner import Learner, make_policy
 
 
@@ -390,12 +389,8 @@ def checkpoint_template(phase: OnlinePhase | None, state: Any, data: Any, opt: A
 def _placed_like(buffers: Any, state: Any, stacked: bool) -> Any:
     """A stack of buffers split over the devices as the stacked state's seed axis is (else the
     first update's output, placed like the state, would compile the update a second time)."""
-    if stacked:
-        for x in jax.tree.leaves(state):
-            sharding = x.sharding if isinstance(x, jax.Array) else None
-            if isinstance(sharding, NamedSharding) and isinstance(sharding.mesh, Mesh):
-                return shard_seeds(buffers, sharding.mesh)
-    return buffers
+    mesh = _state_mesh(state) if stacked else None
+    return buffers if mesh is None else shard_seeds(buffers, mesh)
 
 
 def _seed_buffer(buffer: ReplayBuffer, i: int, stacked: bool) -> ReplayBuffer:

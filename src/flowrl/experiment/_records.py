@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 from ._checkpoints import _saved_steps
 from ._logging import CSVLogger
 
+# The directory of one seed (`seed3`) or one swept value (`alpha=3`) inside a run directory.
+_MEMBER = re.compile(r"seed\d+|[A-Za-z_]\w*=[^/]+")
 CONFIG_FILE = "config.json"
 DATA_FILE = "data.json"
 CHECKPOINT_DIR = "checkpoint"
@@ -71,14 +74,16 @@ class RunRecord:
 
 def read_run(path: str | os.PathLike[str]) -> RunRecord:
     """Read a run directory written by [`flowrl.experiment.run`][]: its logs, config and data
-    record. For a run of several seeds pass `<run-dir>/seed<s>`; the config and the data
-    record are then read from `<run-dir>`. A directory that holds no run yet gives empty rows
-    and an empty config.
+    record. For a run of several seeds pass `<run-dir>/seed<s>`, for a member of a sweep
+    `<run-dir>/alpha=3/seed<s>`; the config and the data record are then read from
+    `<run-dir>`. A directory that holds no run yet gives empty rows and an empty config.
 
     **Raises:** `ValueError` naming a `config.json` or `data.json` that is not valid JSON.
     """
     path = Path(path)
-    top = path if (path / CONFIG_FILE).exists() else path.parent
+    top = path
+    while not (top / CONFIG_FILE).exists() and _MEMBER.fullmatch(top.name):
+        top = top.parent  # a seed's or a sweep member's directory: the run is above
 
     def read(name: str) -> dict[str, Any]:
         if not (top / name).exists():
