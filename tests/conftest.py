@@ -109,3 +109,50 @@ def no_type_check_hook():
         yield
     finally:
         jaxtyping.config.update("jaxtyping_disable", False)
+
+
+@pytest.fixture(scope="session")
+def tiny_rql_setup():
+    """Synthetic 500-row windows (obs 3, action 2, episodes of 50) and a tiny resolved RQL
+    config (2 x 16, K = 2, batch 16, h = 2, blocks of 5): for the tests that compare stacked
+    seeds or sweep members with separate runs."""
+    import dataclasses
+
+    import numpy as np
+    import rql_ogbench as rql
+
+    from flowrl.data import Dataset
+
+    rng = np.random.default_rng(0)
+    n = 500
+    obs = rng.normal(size=(n, 3)).astype(np.float32)
+    terminals = np.zeros(n, np.float32)
+    terminals[49::50] = 1
+    ds = Dataset.from_arrays(
+        dict(
+            observations=obs,
+            next_observations=np.roll(obs, -1, 0),
+            actions=rng.uniform(-1, 1, (n, 2)).astype(np.float32),
+            rewards=-rng.integers(0, 2, n).astype(np.float32),
+            masks=np.ones(n, np.float32),
+            terminals=terminals,
+        )
+    )
+    cfg = rql.resolve(
+        dataclasses.replace(
+            rql.Config(),
+            hidden=(16, 16),
+            num_critics=2,
+            batch_size=16,
+            alpha=1.0,
+            kappa=0.7,
+            rho=0.5,
+            horizon=2,
+            discount=0.99,
+            sparse_reward=False,
+            block=5,
+            steps=5,
+            eval_every=5,
+        )
+    )
+    return ds, cfg

@@ -12,46 +12,13 @@ from hlo_text import carried_copies
 
 import flowrl
 import flowrl.experiment as fx
-from flowrl.data import Dataset
 
 SEEDS = (0, 1)
 
 
 @pytest.fixture(scope="module")
-def setup():
-    rng = np.random.default_rng(0)
-    n = 500
-    obs = rng.normal(size=(n, 3)).astype(np.float32)
-    terminals = np.zeros(n, np.float32)
-    terminals[49::50] = 1
-    ds = Dataset.from_arrays(
-        dict(
-            observations=obs,
-            next_observations=np.roll(obs, -1, 0),
-            actions=rng.uniform(-1, 1, (n, 2)).astype(np.float32),
-            rewards=-rng.integers(0, 2, n).astype(np.float32),
-            masks=np.ones(n, np.float32),
-            terminals=terminals,
-        )
-    )
-    cfg = rql.resolve(
-        dataclasses.replace(
-            rql.Config(),
-            hidden=(16, 16),
-            num_critics=2,
-            batch_size=16,
-            alpha=1.0,
-            kappa=0.7,
-            rho=0.5,
-            horizon=2,
-            discount=0.99,
-            sparse_reward=False,
-            block=5,
-            steps=5,
-            eval_every=5,
-        )
-    )
-    return ds, cfg
+def setup(tiny_rql_setup):
+    return tiny_rql_setup
 
 
 def init(cfg, ds, key):

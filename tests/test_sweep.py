@@ -13,7 +13,6 @@ import pytest
 import rql_ogbench as rql
 
 import flowrl.experiment as fx
-from flowrl.data import Dataset
 
 ALPHAS = (1.0, 3.0, 10.0)
 SEEDS = (0, 1)
@@ -49,52 +48,15 @@ def test_a_sweep_is_the_grid_of_its_values_with_labels():
     assert fx.parse_sweep([], rql.Config) is None
 
 
-@pytest.fixture(scope="module")
-def setup():
-    rng = np.random.default_rng(0)
-    n = 400
-    obs = rng.normal(size=(n, 3)).astype(np.float32)
-    terminals = np.zeros(n, np.float32)
-    terminals[49::50] = 1
-    ds = Dataset.from_arrays(
-        dict(
-            observations=obs,
-            next_observations=np.roll(obs, -1, 0),
-            actions=rng.uniform(-1, 1, (n, 2)).astype(np.float32),
-            rewards=-rng.integers(0, 2, n).astype(np.float32),
-            masks=np.ones(n, np.float32),
-            terminals=terminals,
-        )
-    )
-    cfg = rql.resolve(
-        dataclasses.replace(
-            rql.Config(),
-            hidden=(16, 16),
-            num_critics=2,
-            batch_size=16,
-            alpha=1.0,
-            kappa=0.7,
-            rho=0.5,
-            horizon=2,
-            discount=0.99,
-            sparse_reward=False,
-            block=5,
-            steps=5,
-            eval_every=5,
-        )
-    )
-    return ds, cfg
-
-
 def _arrays(tree):
     return [np.asarray(x) for x in jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))]
 
 
-def test_a_sweep_of_three_values_with_two_seeds_equals_the_six_separate_runs(setup):
+def test_a_sweep_of_three_values_with_two_seeds_equals_the_six_separate_runs(tiny_rql_setup):
     """One vmapped block over the 6 (alpha, seed) members against 6 separate unswept runs
     (alpha a compile-time constant): equal to float rounding (rtol 1e-4, as stacked seeds are;
     not bitwise: a traced alpha and a constant one compile to different fused code)."""
-    ds, cfg = setup
+    ds, cfg = tiny_rql_setup
     dims = (ds.obs_dim, cfg.horizon * ds.action_dim)
     learner = fx.swept(rql.LEARNER, ["alpha"])
     members = [(a, s) for a in ALPHAS for s in SEEDS]
