@@ -244,8 +244,8 @@ def main() -> None:
     matmul = sum(ms for (_, kind), ms in table.items() if kind.endswith("matmul"))
     flops = throughput.cost_flops(learner, cfg, ds, state)
     print(
-        f"matmul ops {matmul:.1f} ms/update: the update's {flops / 1e9:.1f} GFLOP (nearly all in "
-        f"matmuls) at {flops / matmul / 1e6:.0f} GFLOP/s per running matmul"
+        f"matmul ops {matmul:.1f} ms/update: the update's {flops / 1e9:.2f} GFLOP of matmuls "
+        f"at {flops / matmul / 1e6:.0f} GFLOP/s per running matmul"
     )
     print("| learner line | kind | op ms/update | share | source |")
     print("|---|---|--:|--:|---|")

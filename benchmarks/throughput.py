@@ -14,8 +14,10 @@ exactly the one training runs: `flowrl.experiment.make_block(learner, cfg)` (vma
 stacked seeds with `--seeds`).
 
 For each case: gradient steps per second of the jitted, scan-fused training block (median over
-repeats, after a warm-up block), compile time (first call minus a steady call), FLOP per update
-(XLA's cost analysis of the compiled block), achieved FLOP/s, the device memory the block needs
+repeats, after a warm-up block), compile time (first call minus a steady call), matmul FLOP per
+update (`matmul_flops`: every matmul of the traced update, a loop's body as often as it runs;
+`xla_gflop_per_step` in the JSON is XLA's cost analysis, which counts a loop body once),
+achieved FLOP/s, the device memory the block needs
 (`block_mb`: XLA's memory analysis of the compiled block, per device: dataset, state and
 temporaries, donated buffers counted once), peak host memory (max RSS of this process) and, on a
 GPU, JAX's peak device memory, and the float32 matmul ceiling measured in the same run on the
@@ -51,9 +53,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import platform
 import resource
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -169,8 +173,7 @@ def run_case(
         base = getattr(cfg, sweep)
         values = {sweep: [(i + 1) * base for i in range(seeds)]}
         dims = (ds.obs_dim, cfg.horizon * ds.action_dim)
-        one = lambda k, v: learner.init(dataclasses.replace(cfg, **v), *dims, k)  # noqa: E731
-        state = fx.init_seeds(one, range(seeds), values)
+        state = fx.init_members(learner, cfg, *dims, range(seeds), values)
     else:
         state = init_states(learner, cfg, ds, seeds)
     stacked = seeds > 1 or sweep is not None
@@ -186,7 +189,7 @@ def run_case(
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     per_block = float(np.median(times))
-    flops = cost_flops(learner, cfg, ds, state, stacked)  # per update of all seeds together
+    flops = cost_flops(learner, cfg, ds, state, stacked)  # matmuls of all seeds, per update
     num_critics = getattr(cfg, "num_critics", None)
     ceiling = matmul_ceiling(cfg.batch_size, cfg.hidden[0], num_critics or 1)
     steps_per_s = block / per_block
@@ -209,6 +212,7 @@ def run_case(
         "ms_per_step": 1e3 / steps_per_s,
         "compile_s": first - per_block,
         "gflop_per_step": flops / 1e9,
+        "xla_gflop_per_step": xla_flops(learner, cfg, ds, state, stacked) / 1e9,
         "achieved_gflops": flops * steps_per_s / 1e9,
         "ceiling_gflops": ceiling / 1e9,
         "fraction_of_ceiling": flops * steps_per_s / ceiling,
@@ -221,22 +225,80 @@ def run_case(
 
 def init_states(learner: fx.Learner, cfg, ds: Dataset, seeds: int):
     """One learner state (seed 0), or `seeds` of them (seeds 0..N-1) stacked on a leading axis
-    by `flowrl.experiment.init_seeds` and, on several devices, split over them as the
+    by `flowrl.experiment.init_members` and, on several devices, split over them as the
     examples' `--seeds` does."""
     dims = (ds.obs_dim, cfg.horizon * ds.action_dim)
     if seeds == 1:
         return learner.init(cfg, *dims, jax.random.key(0))
-    return fx.init_seeds(lambda k: learner.init(cfg, *dims, k), range(seeds))
+    return fx.init_members(learner, cfg, *dims, range(seeds))
+
+
+def _sub_jaxprs(value):
+    """The jaxprs held in one equation parameter (a jaxpr, or a tuple of them, as `cond`'s
+    branches)."""
+    if isinstance(value, jax.extend.core.ClosedJaxpr):
+        yield value.jaxpr
+    elif isinstance(value, jax.extend.core.Jaxpr):
+        yield value
+    elif isinstance(value, tuple | list):
+        for v in value:
+            yield from _sub_jaxprs(v)
+
+
+def _jaxpr_matmul_flops(jaxpr) -> int:
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            lhs, rhs = (v.aval.shape for v in eqn.invars)
+            (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+            free_l = math.prod(d for i, d in enumerate(lhs) if i not in (*lc, *lb))
+            free_r = math.prod(d for i, d in enumerate(rhs) if i not in (*rc, *rb))
+            total += 2 * math.prod(lhs[i] for i in (*lb, *lc)) * free_l * free_r
+            continue
+        inner = [_jaxpr_matmul_flops(j) for v in eqn.params.values() for j in _sub_jaxprs(v)]
+        if eqn.primitive.name == "scan":
+            total += eqn.params["length"] * sum(inner)
+        elif eqn.primitive.name == "cond":
+            total += max(inner, default=0)
+        elif eqn.primitive.name == "while":
+            warnings.warn(
+                "matmul_flops: a while loop's trip count is unknown; its body is counted once",
+                stacklevel=2,
+            )
+            total += sum(inner)
+        else:  # pjit, custom_jvp_call, remat, ...: their inner jaxpr once
+            total += sum(inner)
+    return total
+
+
+def matmul_flops(fn, *args) -> float:
+    """The matmul FLOP of `fn(*args)`: `2 x M x N x K` for every `dot_general` in its jaxpr
+    (gradients included, as traced), a `lax.scan` body counted `length` times.
+
+    XLA's cost analysis counts a loop body ONCE, whatever its trip count: for RQL's update it
+    misses 9 of the flow reversal's 10 actor passes (at the CPU size a third of the work).
+    Elementwise operations are not counted here (the ceiling they are compared with is a
+    matmul's). Shapes are global: with arrays split over devices this is all devices' work."""
+    return float(_jaxpr_matmul_flops(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+def _step_fn(learner: fx.Learner, cfg, stacked: bool):
+    step = lambda d, st: learner.step(cfg, st, d)  # noqa: E731
+    return jax.vmap(step, in_axes=(None, 0)) if stacked else step
 
 
 def cost_flops(learner: fx.Learner, cfg, ds, state, stacked: bool = False) -> float:
-    """FLOP of one update (of all `seeds` together) from XLA's cost analysis of the compiled
-    `learner.step`. With the seeds split over several devices, XLA reports one device's share:
-    it is multiplied by the number of devices."""
-    step = lambda d, st: learner.step(cfg, st, d)  # noqa: E731
-    if stacked:
-        step = jax.vmap(step, in_axes=(None, 0))
-    analysis = jax.jit(step).lower(ds, state).compile().cost_analysis()
+    """Matmul FLOP of one update (of all seeds together), loops counted by their trip count
+    (`matmul_flops` of `learner.step`)."""
+    return matmul_flops(_step_fn(learner, cfg, stacked), ds, state)
+
+
+def xla_flops(learner: fx.Learner, cfg, ds, state, stacked: bool = False) -> float:
+    """FLOP of one update from XLA's cost analysis of the compiled `learner.step`: every
+    operation, but each loop body once (see `matmul_flops`). With the seeds split over
+    several devices, XLA reports one device's share: it is multiplied by the number of
+    devices."""
+    analysis = jax.jit(_step_fn(learner, cfg, stacked)).lower(ds, state).compile().cost_analysis()
     if isinstance(analysis, list):
         analysis = analysis[0]
     leaves = [x for x in jax.tree.leaves(state) if isinstance(x, jax.Array)]

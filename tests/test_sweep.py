@@ -61,8 +61,7 @@ def test_a_sweep_of_three_values_with_two_seeds_equals_the_six_separate_runs(tin
     learner = fx.swept(rql.LEARNER, ["alpha"])
     members = [(a, s) for a in ALPHAS for s in SEEDS]
     values = {"alpha": [a for a, _ in members]}
-    one = lambda k, v: learner.init(dataclasses.replace(cfg, **v), *dims, k)  # noqa: E731
-    state = fx.init_seeds(one, [s for _, s in members], values)
+    state = fx.init_members(learner, cfg, *dims, [s for _, s in members], values)
     np.testing.assert_array_equal(state.hyper["alpha"], [1, 1, 3, 3, 10, 10])
     block = fx.make_block(learner, cfg, seeds=True)
     for _ in range(2):

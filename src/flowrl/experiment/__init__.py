@@ -66,6 +66,7 @@ from ._stats import Interval as Interval
 from ._stats import confidence_interval as confidence_interval
 from ._sweep import Sweep as Sweep
 from ._sweep import Swept as Swept
+from ._sweep import init_members as init_members
 from ._sweep import parse_sweep as parse_sweep
 from ._sweep import swept as swept
 
@@ -102,6 +103,7 @@ __all__ = [
     "fill_presets",
     "get_learner",
     "init_distributed",
+    "init_members",
     "init_seeds",
     "latest_checkpoint",
     "load_checkpoint",

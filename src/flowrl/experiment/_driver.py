@@ -24,12 +24,12 @@ from ._config import (
     resolve_online,
     restore_config,
 )
-from ._distributed import _broadcast_text, init_distributed, init_seeds
+from ._distributed import _broadcast_text, init_distributed
 from ._learner import Learner, make_block, make_policy, make_validation
 from ._loop import LoopOptions, RunData, train_loop
 from ._online import OnlineOptions, make_online
 from ._records import CONFIG_FILE, checkpoint_dir
-from ._sweep import Sweep, parse_sweep, swept
+from ._sweep import Sweep, init_members, parse_sweep, swept
 
 
 def load_run_data(cfg: RunConfig) -> tuple[RunData, Callable[[int], Iterator[Any]] | None]:
@@ -135,9 +135,10 @@ def _given(cfg: RunConfig, learner: Learner) -> tuple[str, ...]:
 
 def _prepare_run(
     cfg: RunConfig, learner: Learner, resumable: tuple[str, ...], given: Collection[str] | None
-) -> tuple[RunConfig, Path, dict[str, Any]]:
+) -> tuple[RunConfig, Path, dict[str, Any], Sweep | None]:
     """The checks of [`flowrl.experiment.run`][] before any work. **Returns:** the resolved
-    config, the run directory, and the entries `config.json` keeps besides the config."""
+    config, the run directory, the entries `config.json` keeps besides the config, and the
+    parsed `--sweep` (`None` without one)."""
     _check_call(cfg)
     given = _given(cfg, learner) if given is None else given
     record: dict[str, Any] = {"learner": learner.name, "overrides": []}
@@ -160,7 +161,7 @@ def _prepare_run(
             print(f"Overriding {sorted(fields)} of {run_dir} from step {step}")
     cfg = resolve_online(learner.resolve(cfg))
     check_config(cfg, {})  # the shared fields, also for a learner whose resolve checks none
-    _check_sweep(cfg, learner)
+    sweep = _check_sweep(cfg, learner)
     if not cfg.resume:
         tag = "_".join(map(str, cfg.seeds or (cfg.seed,)))
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -168,15 +169,15 @@ def _prepare_run(
         _check_new_run_dir(run_dir, learner)
     _check_writable(run_dir, "--resume" if cfg.resume else "--run-dir")
     _check_paths(cfg)
-    return cfg, run_dir, record
+    return cfg, run_dir, record, sweep
 
 
-def _check_sweep(cfg: RunConfig, learner: Learner) -> None:
-    """Every point of `--sweep` passes the learner's checks and changes nothing but its own
-    fields (no preset derived from a swept value)."""
+def _check_sweep(cfg: RunConfig, learner: Learner) -> Sweep | None:
+    """`--sweep` parsed, after checking that every point passes the learner's checks and
+    changes nothing but its own fields (no preset derived from a swept value)."""
     sweep = parse_sweep(cfg.sweep, learner.config)
     if sweep is None:
-        return
+        return None
     base = dataclasses.asdict(cfg)
     for point in sweep.points():
         where = f"--sweep {Sweep.label(point).replace('/', ' ')}"
@@ -190,6 +191,7 @@ def _check_sweep(cfg: RunConfig, learner: Learner) -> None:
         )
         if changed:
             raise ConfigError(f"{where}: the learner's presets then change {changed} too")
+    return sweep
 
 
 def _shared_run_dir(run_dir: Path, cfg: RunConfig) -> Path:
@@ -252,7 +254,7 @@ def run(
     """
     if not isinstance(cfg, learner.config):
         raise TypeError(f"{learner.name}: the config must be a {learner.config.__name__}")
-    cfg, run_dir, record = _prepare_run(cfg, learner, resumable, given)
+    cfg, run_dir, record, sweep = _prepare_run(cfg, learner, resumable, given)
     assert cfg.horizon is not None and cfg.steps is not None and cfg.eval_every is not None
     assert cfg.eval_episodes is not None
     if cfg.distributed:
@@ -260,7 +262,6 @@ def run(
             raise ConfigError("--online-steps: the online phase runs in one process only")
         init_distributed(cfg.coordinator, cfg.num_processes, cfg.process_id)
     seeds = tuple(cfg.seeds) if cfg.seeds else (cfg.seed,)
-    sweep = parse_sweep(cfg.sweep, learner.config)
     labels, values = (), None
     if sweep is not None:  # members: every point with every seed; the values in the state
         learner = swept(learner, sweep.fields)
@@ -274,11 +275,8 @@ def run(
     dims = (data.train.obs_dim, cfg.horizon * data.train.action_dim)
 
     def init():
-        if values is not None:  # a stacked state, each member with its values
-            one = lambda k, v: learner.init(dataclasses.replace(cfg, **v), *dims, k)  # noqa: E731
-            return init_seeds(one, seeds, values)
-        if stacked:  # a stacked state, seed axis first, split over the devices
-            return init_seeds(lambda k: learner.init(cfg, *dims, k), seeds)
+        if stacked:  # member axis first (each member with its values), split over the devices
+            return init_members(learner, cfg, *dims, seeds, values)
         return learner.init(cfg, *dims, jax.random.key(cfg.seed))
 
     state = init()

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ._config import ConfigError, RunConfig
+from ._distributed import init_seeds
 from ._learner import Learner
 
 
@@ -165,3 +166,30 @@ def swept(learner: Learner, fields: Sequence[str]) -> Learner:
     return dataclasses.replace(
         learner, init=init, step=step, act=act, losses=None if inner_losses is None else losses
     )
+
+
+def init_members(
+    learner: Learner,
+    cfg: RunConfig,
+    obs_dim: int,
+    action_dim: int,
+    seeds: Sequence[int],
+    values: Mapping[str, Sequence[float]] | None = None,
+) -> Any:
+    """The stacked initial state of several members, built in one `vmap` and, on several
+    devices, split over them ([`flowrl.experiment.init_seeds`][]): member `i` is
+    `learner.init(cfg_i, obs_dim, action_dim, jax.random.key(seeds[i]))`, where `cfg_i` is
+    `cfg` with `values[f][i]` for each field `f` of `values` (a sweep's fields; pass
+    [`flowrl.experiment.swept`][]`(learner, fields)` as `learner`), or `cfg` itself without
+    `values` (stacked seeds).
+
+    **Raises:** `ValueError` when `seeds` is empty or an entry of `values` does not have one
+    value per seed.
+    """
+    if values is None:
+        return init_seeds(lambda k: learner.init(cfg, obs_dim, action_dim, k), seeds)
+
+    def one(key, point):
+        return learner.init(dataclasses.replace(cfg, **point), obs_dim, action_dim, key)
+
+    return init_seeds(one, seeds, values)
