@@ -156,3 +156,23 @@ def tiny_rql_setup():
         )
     )
     return ds, cfg
+
+
+# The modules whose tests take the longest (minutes: subprocess runs, every learner's smoke
+# run, learning checks), run first. Under `pytest -n auto` the two workers then end on short
+# tests instead of one worker finishing a long test alone while the other idles.
+SLOW_FIRST = (
+    "test_rql_example.py",
+    "test_learners.py",
+    "test_online.py",
+    "test_sweep.py",
+    "test_tutorial.py",
+    "test_data_rebuild.py",
+    "test_seeds.py",
+    "test_benchmarks.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))

@@ -128,6 +128,24 @@ def test_replicate_and_fetch_to_host_keep_every_value(setup):
     assert weight.sharding == state.critic.members.layers[0].weight.sharding
 
 
+def test_init_members_equal_the_learners_own_init_bit_for_bit(tiny_rql_setup):
+    # init_members builds the members in one jitted vmap; each member must still be exactly
+    # the state the learner's eager init gives for that seed (parameters, optimizer, key).
+    ds, cfg = tiny_rql_setup
+    dims = (ds.obs_dim, cfg.horizon * ds.action_dim)
+    seeds = [3, 7] * jax.device_count()
+    stacked = fx.init_members(rql.LEARNER, cfg, *dims, seeds)
+
+    def leaves(tree):
+        arrays = jax.tree.leaves(eqx.filter(tree, eqx.is_array))
+        keys = jax.dtypes.prng_key
+        return [jax.random.key_data(x) if jnp.issubdtype(x.dtype, keys) else x for x in arrays]
+
+    for i, s in enumerate(seeds[:2]):
+        single = leaves(rql.LEARNER.init(cfg, *dims, jax.random.key(s)))
+        assert all(np.array_equal(a[i], b) for a, b in zip(leaves(stacked), single, strict=True))
+
+
 def test_init_seeds_stacks_the_single_seed_states():
     init = lambda k: flowrl.joint_critic(3, 2, hidden_sizes=(8,), num_members=2, key=k)  # noqa: E731
     seeds = [3, 7] * jax.device_count()

@@ -117,9 +117,11 @@ def init_seeds(
     values: Mapping[str, Sequence[float]] | None = None,
 ) -> T:
     """The states of several seeds stacked on a leading seed axis: element `i` is
-    `init(jax.random.key(seeds[i]))`, built in one `vmap`. With several devices the seed axis
-    is split over all of them ([`flowrl.experiment.shard_seeds`][]), so `len(seeds)` must then be a
-    multiple of the device count.
+    `init(jax.random.key(seeds[i]))`, built in one jitted `vmap` (one compiled program, not one
+    per operation: about half the start-up time of two RQL seeds in a fresh process). With
+    several devices the seed axis is split over all of them
+    ([`flowrl.experiment.shard_seeds`][]), so `len(seeds)` must then be a multiple of the
+    device count.
 
     **Arguments:** `init`, a function from a PRNG key to a learner state (a pytree of arrays);
     `seeds`, the integer seeds (at least one, repeats allowed); `values`, for a sweep
@@ -132,12 +134,12 @@ def init_seeds(
         raise ValueError("`seeds` must name at least one seed")
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     if values is None:
-        state = eqx.filter_vmap(init)(keys)
+        state = eqx.filter_jit(eqx.filter_vmap(init))(keys)
     else:
         if any(len(v) != len(seeds) for v in values.values()):
             raise ValueError("every entry of `values` must have one value per seed")
         arrays = {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
-        state = eqx.filter_vmap(init)(keys, arrays)
+        state = eqx.filter_jit(eqx.filter_vmap(init))(keys, arrays)
     if jax.device_count() > 1:
         state = shard_seeds(state, seed_mesh())
     return state
