@@ -16,11 +16,6 @@ import flowrl.experiment as fx
 SEEDS = (0, 1)
 
 
-@pytest.fixture(scope="module")
-def setup(tiny_rql_setup):
-    return tiny_rql_setup
-
-
 def init(cfg, ds, key):
     return rql.init(cfg, ds.obs_dim, cfg.horizon * ds.action_dim, key)
 
@@ -40,8 +35,8 @@ def run(block, ds, state, blocks=2):
     return state, metrics
 
 
-def test_vmapped_seeds_equal_separate_runs(setup):
-    ds, cfg = setup
+def test_vmapped_seeds_equal_separate_runs(tiny_rql_setup):
+    ds, cfg = tiny_rql_setup
     together, metrics = run(fx.make_block(rql.LEARNER, cfg, seeds=True), ds, stacked_init(cfg, ds))
     assert metrics["critic_loss"].shape == (5, 2)
     single = fx.make_block(rql.LEARNER, cfg)
@@ -55,8 +50,8 @@ def test_vmapped_seeds_equal_separate_runs(setup):
     assert not np.allclose(arrays(together)[0][0], arrays(together)[0][1])
 
 
-def test_sharded_over_two_devices_equals_unsharded(setup):
-    ds, cfg = setup
+def test_sharded_over_two_devices_equals_unsharded(tiny_rql_setup):
+    ds, cfg = tiny_rql_setup
     if jax.device_count() < 2:
         pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=2 (set in conftest)")
     block = fx.make_block(rql.LEARNER, cfg, seeds=True)
@@ -73,8 +68,8 @@ def test_sharded_over_two_devices_equals_unsharded(setup):
         fx.shard_seeds({"w": jnp.zeros((3, 2))}, fx.seed_mesh())
 
 
-def test_no_recompilation_across_blocks(setup):
-    ds, cfg = setup
+def test_no_recompilation_across_blocks(tiny_rql_setup):
+    ds, cfg = tiny_rql_setup
     traces = []
 
     def counting(cfg, state, dataset):  # runs only while the step is being traced
@@ -92,11 +87,11 @@ def test_no_recompilation_across_blocks(setup):
         assert len(traces) == traced
 
 
-def test_block_updates_the_carried_weights_in_place(setup):
+def test_block_updates_the_carried_weights_in_place(tiny_rql_setup):
     """flowrl.order_after in the RQL update: XLA copies none of the hidden weight matrices out
     of the scan's carried state (without it, it copies them every update: 70 MB at the paper
     size)."""
-    ds, cfg = setup
+    ds, cfg = tiny_rql_setup
     state = init(cfg, ds, jax.random.key(0))
     text = fx.make_block(rql.LEARNER, cfg).lower(ds, state).compile().compiled.as_text()
     hidden = {x.shape for x in arrays((state.actor, state.critic)) if x.shape[-2:] == (16, 16)}
@@ -105,8 +100,8 @@ def test_block_updates_the_carried_weights_in_place(setup):
     assert not hidden & set(copied), copied
 
 
-def test_replicate_and_fetch_to_host_keep_every_value(setup):
-    ds, cfg = setup
+def test_replicate_and_fetch_to_host_keep_every_value(tiny_rql_setup):
+    ds, cfg = tiny_rql_setup
     if jax.device_count() < 2:
         pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=2 (set in conftest)")
     mesh = fx.seed_mesh()
